@@ -1,0 +1,177 @@
+"""keras-lc: train | evaluate | predict. Parses arguments and calls the library."""
+
+import argparse
+import json
+
+import sys
+from pathlib import Path
+
+
+
+
+def _rho(text):
+    from keras_lc.layers.stage_head import check_rho
+
+    try:
+        return check_rho(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_data_args(p, num_images):
+    g = p.add_argument_group("data (synthetic scenes; needs no files)")
+    g.add_argument("--data", default="synthetic", choices=["synthetic"], help="dataset (default: synthetic)")
+    g.add_argument("--num-images", type=int, default=num_images, help=f"images (default {num_images})")
+    g.add_argument("--image-size", type=int, default=96, help="synthetic image height=width (default 96)")
+    g.add_argument("--num-classes", type=int, default=5, help="synthetic classes (default 5; void = K)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the training scenes; validation uses seed+1000")
+    g.add_argument("--batch-size", type=int, default=8)
+
+
+def _dataset(args, split, shuffle=False):
+    from keras_lc.data import synthetic
+
+    seed = args.seed if split == "train" else args.seed + 1000
+    n = args.num_images if split == "train" else getattr(args, "val_images", args.num_images)
+    return synthetic(n, args.image_size, args.image_size, args.num_classes, seed=seed,
+                     batch_size=args.batch_size, shuffle=shuffle)
+
+
+def _class_names(args, model):
+    from keras_lc.data import class_names
+
+    return class_names(model.num_classes)
+
+
+def _load(path):
+    import keras
+
+    import keras_lc  # noqa: F401  (registers the serializable classes)
+
+    if not Path(path).exists():
+        raise SystemExit(f"keras-lc: model file not found: {path}")
+    return keras.models.load_model(path)
+
+
+def cmd_train(args):
+    import keras
+
+    from keras_lc import build_model
+    from keras_lc.training import train_cascade
+
+    keras.utils.set_random_seed(args.seed)
+    model = build_model(args.backbone, num_classes=args.num_classes, rho=args.rho, ignore_class=args.num_classes)
+    train = _dataset(args, "train", shuffle=True)
+    val = _dataset(args, "val")
+    print(f"[keras-lc] training LC-{args.backbone} ({model.count_params():,} parameters) on {args.num_images} "
+          f"synthetic {args.image_size}x{args.image_size} scenes; output in {args.out}")
+    train_cascade(model, train, val, args.out, args.initial_epochs, args.cascade_epochs, args.learning_rate,
+                  verbose=1 if sys.stdout.isatty() else 2)
+    print(f"[keras-lc] saved {Path(args.out) / 'model.keras'}")
+
+
+def cmd_evaluate(args):
+    from keras_lc.metrics import evaluate_cascade, format_report
+
+    model = _load(args.model)
+    if args.num_classes != model.num_classes:
+        args.num_classes = model.num_classes
+    result = evaluate_cascade(model, _dataset(args, "val"), rho=args.rho, class_names=_class_names(args, model))
+    print(format_report(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        print(f"[keras-lc] wrote {args.json}")
+
+
+def _read_images(paths):
+    import tensorflow as tf
+
+    images = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise SystemExit(f"keras-lc: image file not found: {p}")
+        try:
+            images.append(tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False).numpy())
+        except tf.errors.InvalidArgumentError:
+            raise SystemExit(f"keras-lc: cannot decode image (PNG/JPEG/BMP/GIF expected): {p}") from None
+    return images
+
+
+def cmd_predict(args):
+    import numpy as np
+
+    from keras_lc.viz import stage_panel, write_png
+
+    model = _load(args.model)
+    if args.rho is not None:
+        model.rho = args.rho
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.images:
+        items = [(Path(p).stem, im, None) for p, im in zip(args.images, _read_images(args.images))]
+    else:
+        from keras_lc.data import synthetic_arrays
+
+        ims, lbs = synthetic_arrays(args.num_images, args.image_size, args.image_size, model.num_classes,
+                                    seed=args.seed + 1000)
+        items = [(f"synthetic_{i:03d}", ims[i], lbs[i]) for i in range(len(ims))]
+    for name, image, truth in items:
+        result = model(image[None], training=False)
+        labels = result["labels"][0].numpy()
+        stage = result["stage"][0].numpy()
+        write_png(out / f"{name}.png", stage_panel(image, labels, stage, model.num_classes, truth))
+        share = np.bincount(stage.ravel(), minlength=4)[1:] / stage.size
+        print(f"{name}: stage 1/2/3 decided " + " / ".join(f"{100 * s:.1f}%" for s in share))
+    cols = "image | ground truth | labels | deciding stage" if items[0][2] is not None else "image | labels | deciding stage"
+    print(f"[keras-lc] wrote {len(items)} PNG panels ({cols}; stage green=1, orange=2, red=3) to {out}/")
+
+
+def build_parser():
+    from keras_lc import __version__
+
+    parser = argparse.ArgumentParser(prog="keras-lc", description="Deep Layer Cascade segmentation (Keras 3).")
+    parser.add_argument("--version", action="version", version=f"keras-lc {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a cascade: initial (DSN) then cascade training; resumable")
+    p.add_argument("--backbone", default="tiny")
+    p.add_argument("--rho", type=_rho, default=0.95, help="confidence threshold in (0, 1] (default 0.95)")
+    p.add_argument("--initial-epochs", type=int, default=6)
+    p.add_argument("--cascade-epochs", type=int, default=4)
+    p.add_argument("--learning-rate", type=float, default=2e-3)
+    p.add_argument("--val-images", type=int, default=64)
+    p.add_argument("--out", default="runs/demo", help="output folder (model.keras, checkpoints, logs)")
+    _add_data_args(p, num_images=512)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="mIoU, per-class IoU and share of pixels decided per stage")
+    p.add_argument("model", help="a .keras file")
+    p.add_argument("--rho", type=_rho, default=None, help="evaluate at this rho (default: the model's)")
+    p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    _add_data_args(p, num_images=64)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="write a PNG per image: labels and the deciding stage")
+    p.add_argument("model", help="a .keras file")
+    p.add_argument("images", nargs="*", help="image files; default: synthetic validation scenes")
+    p.add_argument("--out", default="predictions", help="output folder for PNGs")
+    p.add_argument("--rho", type=_rho, default=None)
+    p.add_argument("--num-images", type=int, default=8, help="synthetic scenes when no images are given")
+    p.add_argument("--image-size", type=int, default=96)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except ValueError as e:
+        raise SystemExit(f"keras-lc: error: {e}") from None
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

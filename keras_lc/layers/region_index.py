@@ -1,0 +1,148 @@
+"""Per-stage index bookkeeping for region computation.
+
+A *region* is a bool tensor `[B, H, W]`. `RegionIndex` turns it once per stage into
+the coordinates of its pixels and caches, per (kernel, dilation), the flat indices of
+their neighbourhoods, so that every region convolution of the stage shares them.
+
+Shapes (PointRend-style shorthand):
+    B, H, W: batch and spatial size of the stage's feature map.
+    N: number of region pixels in the whole batch.
+    C: channels.
+
+Two modes compute the same numbers:
+    - sparse (default): features of region pixels are held *compact*, `[N, C]`;
+      neighbourhoods are gathered with `tf.gather`, results written back with
+      `tf.scatter_nd`.
+    - dense: "compact" features are full maps `[B, H, W, C]` whose values outside
+      the region are never read; `scatter` multiplies by the region mask. This is
+      the plain masked-dense reference, and the fast path above the crossover
+      fraction where gathering costs more than computing everything.
+"""
+
+import tensorflow as tf
+
+
+def _pair(value, name):
+    if isinstance(value, int):
+        return (value, value)
+    value = tuple(int(v) for v in value)
+    if len(value) != 2:
+        raise ValueError(f"`{name}` must be an int or a pair of ints, got {value!r}.")
+    return value
+
+
+class RegionIndex:
+    """The indices of one region, computed once and shared by a stage's layers.
+
+    Args:
+        region: bool tensor `[B, H, W]`, the pixels to compute.
+        dense: bool. If True, layers compute densely and mask (the reference path).
+
+    Attributes:
+        region: the bool region `[B, H, W]`.
+        mask: float32 `[B, H, W, 1]`, 1 inside the region.
+        coords: int32 `[N, 3]` (b, y, x) of region pixels (sparse mode only).
+        flat: int32 `[N]`, `b*H*W + y*W + x` (sparse mode only).
+        count: int32 scalar N.
+        fraction: float32 scalar, N / (B*H*W).
+    """
+
+    def __init__(self, region, dense=False):
+        region = tf.convert_to_tensor(region)
+        if region.dtype != tf.bool:
+            raise ValueError(f"A region must be a bool tensor [B, H, W]; got dtype {region.dtype.name}.")
+        if region.shape.rank is not None and region.shape.rank != 3:
+            raise ValueError(f"A region must have shape [B, H, W]; got shape {region.shape}.")
+        self.region = region
+        self.dense = bool(dense)
+        self.mask = tf.cast(region, tf.float32)[..., None]
+        shape = tf.shape(region)
+        self.batch, self.height, self.width = shape[0], shape[1], shape[2]
+        self.count = tf.reduce_sum(tf.cast(region, tf.int32))
+        self.fraction = tf.math.divide_no_nan(
+            tf.cast(self.count, tf.float32), tf.cast(tf.reduce_prod(shape), tf.float32)
+        )
+        self._neighbours = {}
+        if not self.dense:
+            self.coords = tf.cast(tf.where(region), tf.int32)  # [N, 3]
+            b, y, x = tf.unstack(self.coords, num=3, axis=1)
+            self._b, self._y, self._x = b, y, x
+            self.flat = (b * self.height + y) * self.width + x  # [N]
+
+    # ----------------------------------------------------------------- checks
+    def check_features(self, x, name="features"):
+        """Raise a clear ValueError if `x` [B, H, W, C] does not match the region."""
+        if x.shape.rank is not None and x.shape.rank != 4:
+            raise ValueError(f"{name} must have shape [B, H, W, C]; got shape {x.shape}.")
+        want = self.region.shape
+        got = x.shape[:3]
+        for w, g in zip(want, got):
+            if w is not None and g is not None and w != g:
+                raise ValueError(
+                    f"The region has shape {want} but {name} have shape {x.shape}: "
+                    "the region must be [B, H, W] of the features."
+                )
+
+    # ------------------------------------------------------- compact <-> dense
+    def gather(self, x):
+        """Dense `[B, H, W, C]` -> compact (values at region pixels)."""
+        if self.dense:
+            return x
+        flat_x = tf.reshape(x, [-1, tf.shape(x)[-1]])
+        return tf.gather(flat_x, self.flat)
+
+    def scatter(self, values):
+        """Compact -> dense `[B, H, W, C]` with zeros outside the region."""
+        if self.dense:
+            return values * tf.cast(self.mask, values.dtype)
+        channels = tf.shape(values)[-1]
+        shape = tf.stack([self.batch, self.height, self.width, channels])
+        return tf.scatter_nd(self.coords, values, shape)
+
+    def scatter_add(self, x, values):
+        """`x` plus `values` at region pixels, `x` unchanged elsewhere."""
+        if self.dense:
+            return x + values * tf.cast(self.mask, values.dtype)
+        return tf.tensor_scatter_nd_add(x, self.coords, values)
+
+    def neighbours(self, kernel_size, dilation_rate):
+        """Flat neighbour indices `[N, kh*kw]` and validity `[N, kh*kw, 1]`.
+
+        Out-of-image neighbours are clamped to a valid index and masked to zero
+        ('same' zero padding) instead of padding the whole map: the cost stays
+        proportional to N. Cached per (kernel, dilation) for the stage.
+        """
+        if self.dense:
+            raise RuntimeError("neighbours() is only defined for sparse regions.")
+        kh, kw = kernel_size
+        dh, dw = dilation_rate
+        key = (kh, kw, dh, dw)
+        if key not in self._neighbours:
+            oy = tf.constant([(i - kh // 2) * dh for i in range(kh) for _ in range(kw)], tf.int32)
+            ox = tf.constant([(j - kw // 2) * dw for _ in range(kh) for j in range(kw)], tf.int32)
+            ny = self._y[:, None] + oy[None, :]  # [N, kh*kw]
+            nx = self._x[:, None] + ox[None, :]
+            valid = (ny >= 0) & (ny < self.height) & (nx >= 0) & (nx < self.width)
+            ny = tf.clip_by_value(ny, 0, self.height - 1)
+            nx = tf.clip_by_value(nx, 0, self.width - 1)
+            flat = (self._b[:, None] * self.height + ny) * self.width + nx
+            self._neighbours[key] = (flat, tf.cast(valid, tf.float32)[..., None])
+        return self._neighbours[key]
+
+    def gather_neighbourhoods(self, x, kernel_size, dilation_rate):
+        """Dense `[B, H, W, C]` -> `[N, kh*kw*C]`, ordered (ky, kx, c) like a Conv2D kernel."""
+        flat, valid = self.neighbours(kernel_size, dilation_rate)
+        channels = tf.shape(x)[-1]
+        flat_x = tf.reshape(x, [-1, channels])
+        patches = tf.gather(flat_x, flat) * tf.cast(valid, x.dtype)  # [N, kh*kw, C]
+        kh, kw = kernel_size
+        return tf.reshape(patches, [-1, kh * kw * channels])
+
+
+def as_region_index(region, dense=False):
+    """Accept a bool region tensor or a RegionIndex; return a RegionIndex."""
+    if isinstance(region, RegionIndex):
+        return region
+    if region is None:
+        raise ValueError("A region is required: a bool tensor [B, H, W] or a RegionIndex.")
+    return RegionIndex(region, dense=dense)

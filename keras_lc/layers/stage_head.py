@@ -1,0 +1,104 @@
+"""StageHead: a stage's classifier (two convs + softmax) and its forwarding decision."""
+
+import keras
+import tensorflow as tf
+
+from keras_lc.layers.region_conv import RegionConv2D
+from keras_lc.layers.region_index import as_region_index
+
+
+def check_rho(rho):
+    """Validate a Python ρ: a number in (0, 1]. Returns it as float."""
+    try:
+        value = float(rho)
+    except (TypeError, ValueError):
+        raise ValueError(f"rho must be a number in (0, 1]; got {rho!r}.") from None
+    if not (0.0 < value <= 1.0):
+        raise ValueError(f"rho must be in (0, 1]; got {value}.")
+    return value
+
+
+def forward_region(region, probs, rho):
+    """Pixels of `region` whose max probability is below ρ (all of them when ρ >= 1).
+
+    Args:
+        region: bool `[B, h, w]`; probs: float `[B, h, w, K]`; rho: float scalar.
+    Returns:
+        bool `[B, h, w]`.
+
+    ρ = 1 forwards every pixel even where a float32 softmax saturates to exactly 1.0,
+    so that ρ = 1 is the deeply-supervised network, as in the paper.
+    """
+    rho = tf.cast(rho, tf.float32)
+    confidence = tf.reduce_max(tf.cast(probs, tf.float32), axis=-1)
+    return tf.logical_and(region, tf.logical_or(confidence < rho, rho >= 1.0))
+
+
+@keras.saving.register_keras_serializable(package="keras_lc")
+class StageHead(keras.layers.Layer):
+    """Two region convolutions and a softmax, then the decision of what to forward.
+
+    `conv(k×k) → LayerNorm → ReLU → conv(1×1) → softmax` computed only in the region;
+    the softmax and the ρ test run in float32 whatever the compute dtype.
+
+    Args:
+        num_classes: int K.
+        hidden_channels: int, width of the first conv. Defaults to 128.
+        kernel_size: odd int or pair for the first conv. Defaults to 3.
+        dilation_rate: int or pair for the first conv. Defaults to 1.
+        **kwargs: base layer arguments.
+
+    Call arguments:
+        inputs: float `[B, h, w, C]`, the stage's features.
+        region: bool `[B, h, w]` or `RegionIndex`: the pixels this stage computes.
+        rho: float scalar in (0, 1], or None (= 1, forward everything).
+        return_logits: bool; also return the logits (for the loss).
+
+    Returns:
+        `(probs, next_region)`: probs float32 `[B, h, w, K]`, zeros outside the
+        region; next_region bool `[B, h, w]` = region ∧ (max probs < ρ).
+        With `return_logits=True`, `(probs, next_region, logits)`, logits float32
+        `[B, h, w, K]`, zeros outside the region.
+    """
+
+    def __init__(self, num_classes, hidden_channels=128, kernel_size=3, dilation_rate=1, **kwargs):
+        super().__init__(**kwargs)
+        if int(num_classes) < 2:
+            raise ValueError(f"num_classes must be >= 2; got {num_classes}.")
+        self.num_classes = int(num_classes)
+        self.hidden_channels = int(hidden_channels)
+        self.kernel_size = kernel_size
+        self.dilation_rate = dilation_rate
+        self.conv = RegionConv2D(hidden_channels, kernel_size, dilation_rate=dilation_rate, name="conv")
+        self.norm = keras.layers.LayerNormalization(epsilon=1e-5, name="norm")
+        self.classifier = RegionConv2D(num_classes, 1, name="classifier")
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+        self.norm.build((None, self.hidden_channels))
+        self.classifier.build((None, None, None, self.hidden_channels))
+
+    def call(self, inputs, region, rho=None, return_logits=False, training=None):
+        index = as_region_index(region)
+        index.check_features(inputs, "StageHead inputs")
+        t = self.conv.apply_at(inputs, index)
+        t = tf.nn.relu(self.norm(t))
+        logits = tf.cast(self.classifier.apply_compact(t), tf.float32)
+        probs = tf.nn.softmax(logits, axis=-1)
+        probs = index.scatter(probs)
+        next_region = forward_region(index.region, probs, 1.0 if rho is None else rho)
+        if return_logits:
+            return probs, next_region, index.scatter(logits)
+        return probs, next_region
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_classes": self.num_classes,
+                "hidden_channels": self.hidden_channels,
+                "kernel_size": self.kernel_size,
+                "dilation_rate": self.dilation_rate,
+            }
+        )
+        return config

@@ -1,0 +1,368 @@
+"""LayerCascade: three stages, a head after each, and the ρ-masked training step."""
+
+import contextlib
+
+import keras
+import tensorflow as tf
+
+from keras_lc.layers.region_index import RegionIndex
+from keras_lc.layers.stage_head import check_rho
+from keras_lc.losses import masked_sparse_categorical_crossentropy
+
+TRAINING_MODES = ("initial", "cascade")
+_LABEL_ERROR = "keras_lc: labels out of range"
+_SHAPE_ERROR = "keras_lc: labels do not match the images"
+
+
+def resize_nearest(x, height, width):
+    """Nearest-neighbour resize of `[B, H, W, ...]` by index gathers (any dtype, exact).
+
+    Used for label maps and stage maps, where interpolation would invent values.
+    """
+    in_h, in_w = tf.shape(x)[1], tf.shape(x)[2]
+
+    def centres(n_in, n_out):
+        pos = (tf.range(n_out, dtype=tf.float32) + 0.5) * tf.cast(n_in, tf.float32) / tf.cast(n_out, tf.float32)
+        return tf.minimum(tf.cast(tf.floor(pos), tf.int32), n_in - 1)
+
+    x = tf.gather(x, centres(in_h, height), axis=1)
+    return tf.gather(x, centres(in_w, width), axis=2)
+
+
+@contextlib.contextmanager
+def _clear_errors():
+    """Turn the graph-side label check into the ValueError a user expects."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as e:
+        for marker in (_LABEL_ERROR, _SHAPE_ERROR):
+            if marker in str(e.message):
+                detail = str(e.message).split(marker, 1)[1].split("\n")[0]
+                raise ValueError(f"{marker}{detail}".replace("] [", " ").rstrip("]")) from None
+        raise
+
+
+@keras.saving.register_keras_serializable(package="keras_lc")
+class LayerCascade(keras.Model):
+    """Deep Layer Cascade: a network split into three stages, each with a head.
+
+    Stage 1 runs on every pixel. A pixel whose stage-k max softmax probability is
+    ≥ ρ is decided at stage k; only the rest (the region) is forwarded, and stages 2
+    and 3 compute only there (region convolutions, masked residual blocks). The
+    final map takes each pixel's probabilities from the stage that decided it.
+
+    Args:
+        stages: list of 3 layers. `stages[0](x, training=...)` maps preprocessed
+            images `[B, H, W, 3]` to features `[B, h, w, C]`; `stages[1]`,
+            `stages[2]` are called as `stage(x, region=RegionIndex, training=...)`
+            and keep the shape.
+        heads: list of 3 `StageHead`.
+        num_classes: int K.
+        rho: float in (0, 1], the confidence threshold. Settable later
+            (`model.rho = 0.95`) without rebuilding. 1.0 = deeply supervised net.
+        ignore_class: int or None, the label ignored by losses and mIoU (e.g. void).
+        training_mode: "initial" (every stage's loss on every labelled pixel, the
+            DSN step) or "cascade" (stage k's loss only on the pixels reaching it).
+        dense_threshold: float in (0, 1] or None. A region stage whose forwarded
+            fraction is at least this is computed densely and masked (same
+            numbers, cheaper above the gather/scatter crossover); None: never.
+        **kwargs: `keras.Model` arguments (name, ...).
+
+    Call arguments:
+        inputs: images `[B, H, W, 3]`, uint8 or float in 0..255 (scaled inside).
+        rho: optional float scalar overriding the model's ρ for this call.
+        training: bool.
+
+    Returns:
+        dict with
+        `"labels"` int32 `[B, H, W]` (input resolution),
+        `"probs"` float32 `[B, H, W, K]` (the deciding stage's probabilities),
+        `"stage"` uint8 `[B, H, W]` (1, 2 or 3: the deciding stage),
+        `"stage1"`, `"stage2"`, `"stage3"` float32 `[B, h, w, K]`: each stage's
+        probabilities at the stage resolution, zeros where the stage did not run.
+    """
+
+    def __init__(
+        self,
+        stages,
+        heads,
+        num_classes,
+        rho=0.985,
+        ignore_class=None,
+        training_mode="cascade",
+        dense_threshold=0.7,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        stages = [keras.saving.deserialize_keras_object(s) if isinstance(s, dict) else s for s in stages]
+        heads = [keras.saving.deserialize_keras_object(h) if isinstance(h, dict) else h for h in heads]
+        if len(stages) != 3 or len(heads) != 3:
+            raise ValueError(f"LayerCascade needs 3 stages and 3 heads; got {len(stages)} and {len(heads)}.")
+        self.num_classes = int(num_classes)
+        if ignore_class is not None and 0 <= int(ignore_class) < self.num_classes:
+            raise ValueError(
+                f"ignore_class={ignore_class} is one of the {self.num_classes} classes; "
+                "use a label outside [0, num_classes) (e.g. num_classes or 255)."
+            )
+        self.ignore_class = None if ignore_class is None else int(ignore_class)
+        if dense_threshold is not None and not (0.0 < float(dense_threshold) <= 1.0):
+            raise ValueError(f"dense_threshold must be in (0, 1] or None; got {dense_threshold}.")
+        self.dense_threshold = None if dense_threshold is None else float(dense_threshold)
+        self.stages = stages
+        self.heads = heads
+        self._rho_value = check_rho(rho)
+        self._rho = tf.Variable(self._rho_value, trainable=False, dtype=tf.float32, name="rho")
+        self._training_mode = self._check_mode(training_mode)
+        self._dense = False
+        self.loss_trackers = [
+            keras.metrics.Mean(name=n) for n in ("loss", "stage1_loss", "stage2_loss", "stage3_loss")
+        ]
+        self.share_trackers = [keras.metrics.Mean(name=f"stage{k}_share") for k in (1, 2, 3)]
+        self.miou_metric = keras.metrics.MeanIoU(
+            num_classes=self.num_classes, ignore_class=self.ignore_class, sparse_y_pred=True, name="miou"
+        )
+
+    # ------------------------------------------------------------- settings
+    @staticmethod
+    def _check_mode(mode):
+        if mode not in TRAINING_MODES:
+            raise ValueError(f"training_mode must be one of {TRAINING_MODES}; got {mode!r}.")
+        return mode
+
+    def _reset_functions(self):
+        self.train_function = None
+        self.test_function = None
+        self.predict_function = None
+
+    @property
+    def rho(self):
+        """The confidence threshold ρ in (0, 1]; settable without rebuilding."""
+        return self._rho_value
+
+    @rho.setter
+    def rho(self, value):
+        self._rho_value = check_rho(value)
+        self._rho.assign(self._rho_value)
+
+    @property
+    def training_mode(self):
+        """"initial" (DSN: all stages, all pixels) or "cascade" (ρ-masked losses)."""
+        return self._training_mode
+
+    @training_mode.setter
+    def training_mode(self, mode):
+        self._training_mode = self._check_mode(mode)
+        self._reset_functions()
+
+    @property
+    def dense(self):
+        """If True, every stage is computed densely and masked: the reference
+        computation (same outputs as the cascade) and the "dense" side of benchmarks."""
+        return self._dense
+
+    @dense.setter
+    def dense(self, value):
+        self._dense = bool(value)
+        self._reset_functions()
+
+    # --------------------------------------------------------------- forward
+    def build(self, input_shape):
+        # Create every variable with one small dense forward (no tf.cond involved).
+        self._forward(tf.zeros([1, 32, 32, 3], tf.float32), dense=True)
+
+    def _preprocess(self, inputs):
+        if not tf.is_tensor(inputs):
+            inputs = tf.convert_to_tensor(inputs)
+        shape = inputs.shape
+        if shape.rank is not None and shape.rank != 4:
+            raise ValueError(f"Images must be a 4D tensor [B, H, W, 3]; got shape {tuple(shape)}.")
+        if shape.rank == 4 and shape[-1] is not None and shape[-1] != 3:
+            raise ValueError(f"Images must have 3 channels (RGB) on the last axis; got shape {tuple(shape)}.")
+        if shape.rank == 4 and any(d == 0 for d in shape[1:3]):
+            raise ValueError(f"Images must have a non-zero height and width; got shape {tuple(shape)}.")
+        if not (inputs.dtype.is_integer or inputs.dtype.is_floating):
+            raise ValueError(f"Images must be uint8 or float in 0..255; got dtype {inputs.dtype.name}.")
+        # Preprocessing lives in the model so that exported models take raw uint8 images.
+        return tf.cast(inputs, tf.float32) / 127.5 - 1.0
+
+    def _region_stage(self, k, features, region, rho, dense, training):
+        def run(use_dense):
+            index = RegionIndex(region, dense=use_dense)
+            y = self.stages[k](features, region=index, training=training)
+            probs, next_region, logits = self.heads[k](y, region=index, rho=rho, return_logits=True, training=training)
+            return y, probs, next_region, logits
+
+        if dense:
+            return run(True)
+        if self.dense_threshold is None:
+            return run(False)
+        fraction = tf.reduce_mean(tf.cast(region, tf.float32))
+        return tf.cond(fraction >= self.dense_threshold, lambda: run(True), lambda: run(False))
+
+    def _forward(self, inputs, rho=None, training=False, dense=None, forward_all=False):
+        """Everything the step functions need.
+
+        `forward_all=True` is the initial (DSN) step: every stage computes every
+        pixel (densely) and every pixel counts as reaching stage 3.
+        Returns a dict with lists `logits`, `probs`, `regions` (stage k's region;
+        stage 1's is all-true) and the public outputs.
+        """
+        dense = self._dense if dense is None else dense
+        x = self._preprocess(inputs)
+        in_h, in_w = tf.shape(x)[1], tf.shape(x)[2]
+        if forward_all:
+            rho = tf.constant(1.0)
+        elif rho is None:
+            rho = tf.identity(self._rho)
+        else:
+            if isinstance(rho, (int, float)):
+                check_rho(rho)
+            rho = tf.cast(rho, tf.float32)
+
+        f1 = self.stages[0](x, training=training)
+        shape = tf.shape(f1)
+        full = tf.ones(shape[:3], tf.bool)
+        p1, r2, l1 = self.heads[0](f1, region=RegionIndex(full, dense=True), rho=rho, return_logits=True, training=training)
+        f2, p2, r3, l2 = self._region_stage(1, f1, r2, rho, dense or forward_all, training)
+        _, p3, _, l3 = self._region_stage(2, f2, r3, rho, dense or forward_all, training)
+
+        stage_low = 1 + tf.cast(r2, tf.uint8) + tf.cast(r3, tf.uint8)  # [B, h, w]
+        combined = tf.where(r3[..., None], p3, tf.where(r2[..., None], p2, p1))
+        probs = tf.image.resize(combined, tf.stack([in_h, in_w]), method="bilinear")
+        return {
+            "logits": [l1, l2, l3],
+            "probs_per_stage": [p1, p2, p3],
+            "regions": [full, r2, r3],
+            "labels": tf.argmax(probs, axis=-1, output_type=tf.int32),
+            "probs": probs,
+            "stage": resize_nearest(stage_low, in_h, in_w),
+        }
+
+    def call(self, inputs, rho=None, training=False):
+        out = self._forward(inputs, rho=rho, training=training)
+        p1, p2, p3 = out["probs_per_stage"]
+        return {
+            "labels": out["labels"],
+            "probs": out["probs"],
+            "stage": out["stage"],
+            "stage1": p1,
+            "stage2": p2,
+            "stage3": p3,
+        }
+
+    # ----------------------------------------------------------------- steps
+    def _unpack(self, data):
+        if isinstance(data, (tuple, list)) and len(data) >= 2:
+            images, labels = data[0], data[1]
+        else:
+            raise ValueError("LayerCascade.fit/evaluate need (images, labels) pairs; got images only.")
+        labels = tf.convert_to_tensor(labels)
+        if labels.shape.rank == 4 and labels.shape[-1] == 1:
+            labels = labels[..., 0]
+        if labels.shape.rank is not None and labels.shape.rank != 3:
+            raise ValueError(f"Labels must be [B, H, W] (or [B, H, W, 1]); got shape {tuple(labels.shape)}.")
+        if not labels.dtype.is_integer:
+            raise ValueError(f"Labels must be an integer tensor; got dtype {labels.dtype.name}.")
+        images = tf.convert_to_tensor(images)
+        for i, (a, b) in enumerate(zip(images.shape[1:3], labels.shape[1:3])):
+            if a is not None and b is not None and a != b:
+                raise ValueError(
+                    f"Labels {tuple(labels.shape)} do not match the images {tuple(images.shape)} in height/width."
+                )
+        same_size = tf.debugging.Assert(
+            tf.reduce_all(tf.equal(tf.shape(images)[1:3], tf.shape(labels)[1:3])),
+            [f"{_SHAPE_ERROR} in height/width: labels", tf.shape(labels), "images", tf.shape(images)],
+        )
+        with tf.control_dependencies([same_size]):
+            labels = tf.cast(labels, tf.int32)
+        invalid = tf.logical_or(labels < 0, labels >= self.num_classes)
+        if self.ignore_class is not None:
+            invalid = tf.logical_and(invalid, tf.not_equal(labels, self.ignore_class))
+        allowed = f"[0, {self.num_classes})" + (
+            f" or the ignore label {self.ignore_class}" if self.ignore_class is not None else ""
+        )
+        check = tf.debugging.Assert(
+            tf.logical_not(tf.reduce_any(invalid)),
+            [f"{_LABEL_ERROR}: labels must be in {allowed}; found values from", tf.reduce_min(labels), "to", tf.reduce_max(labels)],
+        )
+        with tf.control_dependencies([check]):
+            labels = tf.identity(labels)
+        return images, labels
+
+    def stage_losses(self, out, labels):
+        """Per-stage losses: stage k's sparse CE over the valid pixels of its region."""
+        logits = out["logits"]
+        h, w = tf.shape(logits[0])[1], tf.shape(logits[0])[2]
+        low = resize_nearest(labels, h, w)
+        return [
+            masked_sparse_categorical_crossentropy(low, logits[k], out["regions"][k], self.ignore_class)
+            for k in range(3)
+        ]
+
+    def _update_metrics(self, total, losses, out, labels):
+        for tracker, value in zip(self.loss_trackers, [total, *losses]):
+            tracker.update_state(value)
+        stage = out["stage"]
+        for k, tracker in enumerate(self.share_trackers, start=1):
+            tracker.update_state(tf.reduce_mean(tf.cast(tf.equal(stage, k), tf.float32)))
+        self.miou_metric.update_state(labels, out["labels"])
+        return {m.name: m.result() for m in self.metrics}
+
+    @property
+    def metrics(self):
+        return [*self.loss_trackers, self.miou_metric, *self.share_trackers]
+
+    def train_step(self, data):
+        images, labels = self._unpack(data)
+        with tf.GradientTape() as tape:
+            out = self._forward(images, training=True, forward_all=self._training_mode == "initial")
+            losses = self.stage_losses(out, labels)
+            total = tf.add_n(losses)
+            if self.losses:
+                total = total + tf.add_n(self.losses)
+            scaled = self.optimizer.scale_loss(total) if hasattr(self.optimizer, "scale_loss") else total
+        variables = self.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+        self.optimizer.apply_gradients(zip(grads, variables))
+        return self._update_metrics(total, losses, out, labels)
+
+    def test_step(self, data):
+        images, labels = self._unpack(data)
+        out = self._forward(images, training=False)
+        losses = self.stage_losses(out, labels)
+        return self._update_metrics(tf.add_n(losses), losses, out, labels)
+
+    def fit(self, *args, **kwargs):
+        with _clear_errors():
+            return super().fit(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        with _clear_errors():
+            return super().evaluate(*args, **kwargs)
+
+    def train_on_batch(self, *args, **kwargs):
+        with _clear_errors():
+            return super().train_on_batch(*args, **kwargs)
+
+    def test_on_batch(self, *args, **kwargs):
+        with _clear_errors():
+            return super().test_on_batch(*args, **kwargs)
+
+    # --------------------------------------------------------- serialization
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "stages": [keras.saving.serialize_keras_object(s) for s in self.stages],
+            "heads": [keras.saving.serialize_keras_object(h) for h in self.heads],
+            "num_classes": self.num_classes,
+            "rho": self.rho,
+            "ignore_class": self.ignore_class,
+            "training_mode": self._training_mode,
+            "dense_threshold": self.dense_threshold,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

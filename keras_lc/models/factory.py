@@ -1,0 +1,58 @@
+"""build_model: a plain dict of backbone builders, no registry machinery."""
+
+from keras_lc.layers.stage_head import StageHead, check_rho
+from keras_lc.models.cascade import LayerCascade
+from keras_lc.models.tiny import TinyRegionStage, tiny_stage1
+
+
+def _tiny(width=64, stem_channels=32, stage1_blocks=2, bottleneck_channels=64,
+          stage2_dilations=(2, 4, 8), stage3_dilations=(2, 4, 8), head_channels=64):
+    stages = [
+        tiny_stage1(width, stem_channels, stage1_blocks, name="stage1"),
+        TinyRegionStage(width, bottleneck_channels, stage2_dilations, name="stage2"),
+        TinyRegionStage(width, bottleneck_channels, stage3_dilations, name="stage3"),
+    ]
+    return stages, {"hidden_channels": head_channels}
+
+
+BACKBONES = {"tiny": _tiny}
+
+
+def build_model(backbone="tiny", num_classes=5, rho=0.985, input_shape=(None, None, 3), ignore_class=None,
+                training_mode="cascade", dense_threshold=0.7, **backbone_kwargs):
+    """Build a LayerCascade on a named backbone.
+
+    Args:
+        backbone: one of `keras_lc.models.factory.BACKBONES` ("tiny").
+        num_classes: int K (labels 0..K-1).
+        rho: float in (0, 1].
+        input_shape: `(H, W, 3)`, H and W may be None.
+        ignore_class: int or None, the void label.
+        training_mode: "initial" or "cascade".
+        dense_threshold: see `LayerCascade`.
+        **backbone_kwargs: passed to the backbone builder (e.g. `width=32`).
+
+    Returns:
+        A built `LayerCascade` (not compiled).
+
+    Example:
+    >>> model = build_model("tiny", num_classes=5, rho=0.95, ignore_class=5)
+    >>> model.compile(optimizer="adam")
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"Unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}.")
+    check_rho(rho)
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(f"input_shape must be (H, W, 3); got {input_shape}.")
+    try:
+        stages, head_kwargs = BACKBONES[backbone](**backbone_kwargs)
+    except TypeError as e:
+        raise ValueError(f"Bad argument for backbone {backbone!r}: {e}") from None
+    heads = [StageHead(num_classes, name=f"head{k}", **head_kwargs) for k in (1, 2, 3)]
+    model = LayerCascade(
+        stages, heads, num_classes, rho=rho, ignore_class=ignore_class, training_mode=training_mode,
+        dense_threshold=dense_threshold, name=f"lc_{backbone}",
+    )
+    model.build((None, *input_shape))
+    return model

@@ -1,0 +1,214 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import SMALL
+
+import keras_lc
+from keras_lc import build_model
+from keras_lc.data import synthetic_arrays
+
+
+def _partial_rho(model, images):
+    """A ρ that sends part, not all, of the pixels to stages 2 and 3 (untrained model)."""
+    p1 = model(images, rho=1.0)["stage1"].numpy().max(-1)
+    return float(np.quantile(p1, 0.6))
+
+
+def test_outputs_contract(small_model, images):
+    out = small_model(images)
+    assert set(out) == {"labels", "probs", "stage", "stage1", "stage2", "stage3"}
+    assert out["labels"].shape == (2, 32, 40) and out["labels"].dtype == tf.int32
+    assert out["probs"].shape == (2, 32, 40, 4) and out["probs"].dtype == tf.float32
+    assert out["stage"].shape == (2, 32, 40) and out["stage"].dtype == tf.uint8
+    for k in (1, 2, 3):
+        assert out[f"stage{k}"].shape == (2, 8, 10, 4)
+    np.testing.assert_array_equal(out["labels"], np.argmax(out["probs"], -1))
+    assert set(np.unique(out["stage"])) <= {1, 2, 3}
+
+
+def test_rho_one_is_dsn(small_model, images):
+    out = small_model(images, rho=1.0)
+    assert np.all(out["stage"].numpy() == 3)
+    up = tf.image.resize(out["stage3"], (32, 40), method="bilinear")
+    np.testing.assert_array_equal(out["labels"], np.argmax(up, -1))
+    # the stages computed everywhere
+    assert np.all(np.isclose(out["stage2"].numpy().sum(-1), 1.0, atol=1e-5))
+
+
+def test_tiny_rho_decides_everything_at_stage_one(small_model, images):
+    out = small_model(images, rho=1e-6)
+    assert np.all(out["stage"].numpy() == 1)
+    assert not out["stage2"].numpy().any() and not out["stage3"].numpy().any()
+    up = tf.image.resize(out["stage1"], (32, 40), method="bilinear")
+    np.testing.assert_array_equal(out["labels"], np.argmax(up, -1))
+
+
+def test_cascade_equals_dense_reference(small_model, images):
+    rho = _partial_rho(small_model, images)
+    sparse = small_model(images, rho=rho)
+    stage = sparse["stage"].numpy()
+    assert len(np.unique(stage)) == 3, "test needs pixels at every stage"
+    small_model.dense = True
+    try:
+        dense = small_model(images, rho=rho)
+    finally:
+        small_model.dense = False
+    for key in ("probs", "stage1", "stage2", "stage3"):
+        np.testing.assert_allclose(sparse[key], dense[key], atol=1e-5)
+    np.testing.assert_array_equal(sparse["stage"], dense["stage"])
+
+
+def test_auto_dense_fallback_gives_same_outputs(small_model, images):
+    rho = _partial_rho(small_model, images)
+    ref = small_model(images, rho=rho)
+    clone = build_model("tiny", num_classes=4, rho=rho, ignore_class=4, dense_threshold=0.01, **SMALL)
+    clone.set_weights(small_model.get_weights())
+    out = clone(images)
+    np.testing.assert_allclose(out["probs"], ref["probs"], atol=1e-5)
+
+
+def test_stage_map_matches_regions(small_model, images):
+    rho = _partial_rho(small_model, images)
+    out = small_model._forward(images, rho=rho)
+    r2, r3 = out["regions"][1].numpy(), out["regions"][2].numpy()
+    assert np.all(r3 <= r2)
+    p1 = out["probs_per_stage"][0].numpy().max(-1)
+    np.testing.assert_array_equal(r2, p1 < rho)
+
+
+def test_rho_settable_without_rebuild(small_model, images):
+    old = small_model.rho
+    try:
+        small_model.rho = 1.0
+        a = small_model.predict(images, verbose=0)["stage"]
+        small_model.rho = 1e-6
+        b = small_model.predict(images, verbose=0)["stage"]
+        assert np.all(a == 3) and np.all(b == 1)
+    finally:
+        small_model.rho = old
+
+
+def test_cascade_gradients_zero_outside_region(small_model, images):
+    rho = _partial_rho(small_model, images)
+    labels = np.random.default_rng(1).integers(0, 5, size=(2, 32, 40))
+    with tf.GradientTape() as tape:
+        out = small_model._forward(images, rho=rho, training=True)
+        loss = tf.add_n(small_model.stage_losses(out, labels))
+    g2, g3 = tape.gradient(loss, [out["logits"][1], out["logits"][2]])
+    for g, region in ((g2, out["regions"][1]), (g3, out["regions"][2])):
+        g, region = g.numpy(), region.numpy()
+        assert 0 < region.mean() < 1
+        assert not g[~region].any()
+        assert np.abs(g[region]).sum() > 0
+
+
+def test_sparse_and_dense_training_gradients_agree(small_model, images):
+    rho = _partial_rho(small_model, images)
+    labels = np.random.default_rng(2).integers(0, 5, size=(2, 32, 40))
+
+    def grads(dense):
+        with tf.GradientTape() as tape:
+            out = small_model._forward(images, rho=rho, training=False, dense=dense)
+            loss = tf.add_n(small_model.stage_losses(out, labels))
+        return tape.gradient(loss, small_model.trainable_variables)
+
+    for a, b in zip(grads(False), grads(True)):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["initial", "cascade"])
+def test_fit_lowers_loss(mode):
+    keras.utils.set_random_seed(1)
+    images, labels = synthetic_arrays(16, 48, 48, num_classes=4, seed=3)
+    model = build_model("tiny", num_classes=4, rho=0.9, ignore_class=4, training_mode=mode, **SMALL)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+    before = model.evaluate(ds, verbose=0, return_dict=True)
+    history = model.fit(ds, epochs=8, verbose=0, shuffle=False).history
+    assert history["loss"][-1] < history["loss"][0]
+    for key in ("stage1_loss", "stage2_loss", "stage3_loss", "miou", "stage1_share", "stage2_share", "stage3_share"):
+        assert key in history
+    assert history["loss"][-1] > 0
+    after = model.evaluate(ds, verbose=0, return_dict=True)
+    assert after["stage1_loss"] < before["stage1_loss"]
+    shares = [history[f"stage{k}_share"][-1] for k in (1, 2, 3)]
+    assert abs(sum(shares) - 1.0) < 1e-4
+    if mode == "initial":
+        assert shares[2] == pytest.approx(1.0)
+
+
+def test_ignore_label_does_not_count(small_model, images):
+    labels = np.full((2, 32, 40), 4)
+    labels[:, :4, :4] = 1
+    out = small_model._forward(images, rho=1.0)
+    a = small_model.stage_losses(out, labels)
+    labels2 = labels.copy()
+    labels2[:, 10:, 10:] = 4  # already ignore; change nothing else
+    b = small_model.stage_losses(out, labels2)
+    np.testing.assert_allclose([float(v) for v in a], [float(v) for v in b])
+    all_void = small_model.stage_losses(out, np.full((2, 32, 40), 4))
+    assert all(float(v) == 0.0 for v in all_void)
+
+
+def test_save_load_round_trip(small_model, images, tmp_path):
+    path = tmp_path / "m.keras"
+    small_model.save(path)
+    loaded = keras.models.load_model(path)
+    assert isinstance(loaded, keras_lc.LayerCascade)
+    assert loaded.rho == small_model.rho and loaded.ignore_class == 4
+    a, b = small_model(images), loaded(images)
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], atol=1e-6)
+
+
+def test_any_input_size(small_model):
+    out = small_model(np.zeros((1, 37, 23, 3), np.uint8))
+    assert out["labels"].shape == (1, 37, 23)
+
+
+# ------------------------------------------------------------------ bad input
+@pytest.mark.parametrize("rho", [0.0, -0.5, 1.01, float("nan"), "high"])
+def test_bad_rho(small_model, images, rho):
+    with pytest.raises(ValueError, match="rho"):
+        build_model("tiny", num_classes=3, rho=rho, **SMALL)
+    with pytest.raises(ValueError, match="rho"):
+        small_model.rho = rho
+    if not isinstance(rho, str):
+        with pytest.raises(ValueError, match="rho"):
+            small_model(images, rho=rho)
+
+
+@pytest.mark.parametrize(
+    "shape, dtype, message",
+    [((32, 32, 3), np.uint8, "4D"), ((1, 32, 32, 4), np.uint8, "3 channels"), ((1, 32, 32, 1), np.float32, "3 channels"),
+     ((1, 0, 32, 3), np.uint8, "non-zero"), ((1, 8, 8, 3), bool, "dtype")],
+)
+def test_bad_images(small_model, shape, dtype, message):
+    with pytest.raises(ValueError, match=message):
+        small_model(np.zeros(shape, dtype))
+
+
+def test_labels_out_of_range_in_fit(small_model, images):
+    small_model.compile(optimizer="adam")
+    bad = np.zeros((2, 32, 40), np.int32)
+    bad[0, 0, 0] = 17
+    with pytest.raises(ValueError, match="labels out of range.*17"):
+        small_model.fit(images, bad, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="labels out of range"):
+        small_model.evaluate(images, bad - 3, verbose=0)
+    with pytest.raises(ValueError, match="do not match"):
+        small_model.fit(images, np.zeros((2, 16, 40), np.int32), epochs=1, verbose=0)
+
+
+def test_bad_construction():
+    with pytest.raises(ValueError, match="Unknown backbone"):
+        build_model("vgg", num_classes=3)
+    with pytest.raises(ValueError, match="ignore_class"):
+        build_model("tiny", num_classes=3, ignore_class=1, **SMALL)
+    with pytest.raises(ValueError, match="training_mode"):
+        build_model("tiny", num_classes=3, training_mode="warm", **SMALL)
+    with pytest.raises(ValueError, match="input_shape"):
+        build_model("tiny", num_classes=3, input_shape=(32, 32, 1), **SMALL)
+    with pytest.raises(ValueError, match="Bad argument"):
+        build_model("tiny", num_classes=3, depth=7)

@@ -1,0 +1,83 @@
+import json
+
+import keras
+import numpy as np
+import pytest
+from conftest import SMALL
+
+from keras_lc import build_model
+from keras_lc.cli import main
+from keras_lc.data import synthetic
+from keras_lc.training import train_cascade
+
+DATA = ["--num-images", "8", "--image-size", "32", "--batch-size", "4", "--num-classes", "3"]
+
+
+def test_train_evaluate_predict_cli(tmp_path, capsys):
+    out = tmp_path / "run"
+    main(["train", "--out", str(out), "--initial-epochs", "1", "--cascade-epochs", "1", "--val-images", "4",
+          "--rho", "0.9", *DATA])
+    assert (out / "model.keras").is_file() and (out / "best.keras").is_file()
+    assert (out / "initial.weights.h5").is_file() and (out / "cascade.weights.h5").is_file()
+    assert any((out / "logs" / "cascade").rglob("*tfevents*"))
+    history = json.loads((out / "history.json").read_text())
+    assert {"loss", "stage2_loss", "miou", "stage1_share", "val_miou"} <= set(history["cascade"])
+
+    main(["evaluate", str(out / "model.keras"), "--json", str(tmp_path / "e.json"), *DATA])
+    text = capsys.readouterr().out
+    assert "mIoU" in text and "stage 1/2/3" in text and "background" in text
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert {"miou", "per_class_iou", "pixel_accuracy", "stage_share"} <= set(result)
+    assert sum(result["stage_share"]) == pytest.approx(1.0)
+
+    main(["predict", str(out / "model.keras"), "--out", str(tmp_path / "png"), "--num-images", "2",
+          "--image-size", "32"])
+    pngs = sorted((tmp_path / "png").glob("*.png"))
+    assert len(pngs) == 2 and all(p.stat().st_size > 100 for p in pngs)
+    assert pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # predict on user image files (the PNGs just written are valid images)
+    main(["predict", str(out / "model.keras"), str(pngs[0]), "--out", str(tmp_path / "png2")])
+    assert (tmp_path / "png2" / f"{pngs[0].stem}.png").is_file()
+
+
+def test_cli_errors(tmp_path):
+    with pytest.raises(SystemExit, match="not found"):
+        main(["evaluate", str(tmp_path / "missing.keras")])
+    with pytest.raises(SystemExit):
+        main(["train", "--rho", "1.5"])
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    model = build_model("tiny", num_classes=3, **SMALL)
+    model.save(tmp_path / "m.keras")
+    with pytest.raises(SystemExit, match="cannot decode"):
+        main(["predict", str(tmp_path / "m.keras"), str(bad), "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="not found"):
+        main(["predict", str(tmp_path / "m.keras"), str(tmp_path / "nope.png"), "--out", str(tmp_path)])
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def __init__(self, at_epoch):
+        super().__init__()
+        self.at_epoch = at_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.model.training_mode == "cascade" and epoch + 1 == self.at_epoch:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_training_resumes(tmp_path):
+    data = synthetic(8, 32, 32, num_classes=3, seed=0, batch_size=4)
+    model = build_model("tiny", num_classes=3, ignore_class=3, **SMALL)
+    with pytest.raises(KeyboardInterrupt):
+        train_cascade(model, data, None, tmp_path, initial_epochs=1, cascade_epochs=3,
+                      callbacks=[_Interrupt(2)], tensorboard=False, verbose=0)
+    assert (tmp_path / "initial.weights.h5").is_file()
+    assert not (tmp_path / "cascade.weights.h5").exists()
+    fresh = build_model("tiny", num_classes=3, ignore_class=3, **SMALL)
+    histories = train_cascade(fresh, data, None, tmp_path, initial_epochs=1, cascade_epochs=3,
+                              tensorboard=False, verbose=0)
+    assert "initial" not in histories  # finished phase: loaded, not rerun
+    assert len(histories["cascade"]["loss"]) == 1  # epochs 1-2 restored from the backup, only epoch 3 runs
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    x = np.zeros((1, 32, 32, 3), np.uint8)
+    np.testing.assert_allclose(loaded(x)["probs"], fresh(x)["probs"], atol=1e-6)
