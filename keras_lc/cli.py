@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 
 import sys
 from pathlib import Path
@@ -33,6 +34,8 @@ def _dataset(args, split, shuffle=False):
 
     seed = args.seed if split == "train" else args.seed + 1000
     n = args.num_images if split == "train" else getattr(args, "val_images", args.num_images)
+    if getattr(args, "split", None) == "train":
+        seed, n = args.seed, args.num_images
     return synthetic(n, args.image_size, args.image_size, args.num_classes, seed=seed,
                      batch_size=args.batch_size, shuffle=shuffle)
 
@@ -57,16 +60,31 @@ def cmd_train(args):
     import keras
 
     from keras_lc import build_model
+    from keras_lc.distribute import ProgressWatchdog, make_strategy, parse_tf_config, set_precision
     from keras_lc.training import train_cascade
 
+    set_precision(args.precision)
+    callbacks = []
+    watchdog = None
+    if args.strategy == "multi_worker":
+        parse_tf_config()  # a bad TF_CONFIG fails here, before anything waits
+        watchdog = ProgressWatchdog(args.timeout)
+        watchdog.start()
+        callbacks.append(watchdog.callback())
+    strategy = make_strategy(args.strategy, timeout_s=args.timeout)
     keras.utils.set_random_seed(args.seed)
-    model = build_model(args.backbone, num_classes=args.num_classes, rho=args.rho, ignore_class=args.num_classes)
+    with strategy.scope():
+        model = build_model(args.backbone, num_classes=args.num_classes, rho=args.rho, ignore_class=args.num_classes)
     train = _dataset(args, "train", shuffle=True)
     val = _dataset(args, "val")
     print(f"[keras-lc] training LC-{args.backbone} ({model.count_params():,} parameters) on {args.num_images} "
-          f"synthetic {args.image_size}x{args.image_size} scenes; output in {args.out}")
+          f"synthetic {args.image_size}x{args.image_size} scenes; {strategy.num_replicas_in_sync} replica(s), "
+          f"global batch {args.batch_size}, {args.precision}; output in {args.out}")
     train_cascade(model, train, val, args.out, args.initial_epochs, args.cascade_epochs, args.learning_rate,
+                  strategy=strategy, optimizer=args.optimizer, callbacks=callbacks,
                   verbose=1 if sys.stdout.isatty() else 2)
+    if watchdog is not None:
+        watchdog.stop()
     print(f"[keras-lc] saved {Path(args.out) / 'model.keras'}")
 
 
@@ -126,6 +144,98 @@ def cmd_predict(args):
     print(f"[keras-lc] wrote {len(items)} PNG panels ({cols}; stage green=1, orange=2, red=3) to {out}/")
 
 
+def _images_and_truth(args, model):
+    if args.images:
+        return [(Path(p).stem, im, None) for p, im in zip(args.images, _read_images(args.images))]
+    from keras_lc.data import synthetic_arrays
+
+    ims, lbs = synthetic_arrays(args.num_images, args.image_size, args.image_size, model.num_classes,
+                                seed=args.seed + 1000)
+    return [(f"synthetic_{i:03d}", ims[i], lbs[i]) for i in range(len(ims))]
+
+
+def cmd_visualize(args):
+    import numpy as np
+
+    from keras_lc.data import class_names
+    from keras_lc.viz import cascade_figure, cascade_panel_array, save_figure
+
+    model = _load(args.model)
+    if args.rho is not None:
+        model.rho = args.rho
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = class_names(model.num_classes)
+    writer = None
+    if args.tensorboard:
+        import tensorflow as tf
+
+        writer = tf.summary.create_file_writer(args.tensorboard)
+    for step, (name, image, truth) in enumerate(_images_and_truth(args, model)):
+        result = {k: v[0].numpy() for k, v in model(image[None], training=False).items()}
+        fig = cascade_figure(image, result, names, truth, title=f"{name}  (rho = {model.rho:g})")
+        save_figure(fig, out / f"{name}.png")
+        if writer is not None:
+            tiles = cascade_panel_array(image, result, model.num_classes, truth)
+            strip = np.concatenate([t for _, t in tiles], axis=1)
+            with writer.as_default():
+                tf.summary.image(f"cascade/{name}", strip[None], step=0)
+    if writer is not None:
+        writer.flush()
+        print(f"[keras-lc] wrote TensorBoard images to {args.tensorboard}")
+    print(f"[keras-lc] wrote panels to {out}/")
+
+
+def cmd_analyze(args):
+    from keras_lc.analysis import analyze_model
+    from keras_lc.data import class_names
+    from keras_lc.viz import plot_difficulty, plot_stage_share, plot_stage_times, plot_tradeoff
+
+    model = _load(args.model)
+    if args.rho is not None:
+        model.rho = args.rho
+    args.num_classes = model.num_classes
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = analyze_model(model, _dataset(args, args.split), class_names(model.num_classes), rhos=args.rhos,
+                           threshold=args.threshold, repeats=args.repeats)
+    plot_difficulty(result["fig1b"], out / "fig1b_difficulty.png")
+    plot_stage_share(result["fig5"], out / "fig5_stage_share.png")
+    plot_tradeoff(result["fig7a"], out / "fig7a_tradeoff.png")
+    plot_stage_times(result["fig7b"], out / "fig7b_stage_time.png")
+    (out / "analysis.json").write_text(json.dumps(result, indent=1))
+    t = result["fig1b"]["total_share"]
+    print(f"easy {100 * t['easy']:.1f}%  moderate {100 * t['moderate']:.1f}%  extremely hard "
+          f"{100 * t['extremely_hard']:.1f}% (at confidence {args.threshold})")
+    for p in result["fig7a"]["points"]:
+        print(f"rho {p['rho']:<6g} mIoU {100 * p['miou']:.2f}  {p['images_per_s']:.1f} images/s "
+              f"({p['speedup']:.2f}x dense)")
+    print(f"[keras-lc] wrote fig1b_difficulty.png, fig5_stage_share.png, fig7a_tradeoff.png, "
+          f"fig7b_stage_time.png and analysis.json to {out}/")
+
+
+def cmd_bench(args):
+    import numpy as np
+
+    from keras_lc.benchmark import benchmark_cascade, format_benchmark
+
+    model = _load(args.model)
+    if args.images:
+        import tensorflow as tf
+
+        ims = [tf.image.resize(im, (args.height, args.width)).numpy().astype("uint8") for im in _read_images(args.images)]
+        images = np.stack([ims[i % len(ims)] for i in range(args.batch)])
+    else:
+        from keras_lc.data import synthetic_arrays
+
+        images, _ = synthetic_arrays(args.batch, args.height, args.width, model.num_classes, seed=1000)
+    result = benchmark_cascade(model, images, rhos=args.rho, repeats=args.repeats)
+    print(format_benchmark(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        print(f"[keras-lc] wrote {args.json}")
+
+
 def build_parser():
     from keras_lc import __version__
 
@@ -136,12 +246,19 @@ def build_parser():
     p = sub.add_parser("train", help="train a cascade: initial (DSN) then cascade training; resumable")
     p.add_argument("--backbone", default="tiny")
     p.add_argument("--rho", type=_rho, default=0.95, help="confidence threshold in (0, 1] (default 0.95)")
-    p.add_argument("--initial-epochs", type=int, default=6)
-    p.add_argument("--cascade-epochs", type=int, default=4)
+    p.add_argument("--initial-epochs", type=int, default=8)
+    p.add_argument("--cascade-epochs", type=int, default=6)
     p.add_argument("--learning-rate", type=float, default=2e-3)
+    p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
     p.add_argument("--val-images", type=int, default=64)
     p.add_argument("--out", default="runs/demo", help="output folder (model.keras, checkpoints, logs)")
-    _add_data_args(p, num_images=512)
+    p.add_argument("--strategy", default="default", choices=["default", "mirrored", "multi_worker"],
+                   help="tf.distribute strategy; multi_worker reads the cluster from TF_CONFIG")
+    p.add_argument("--precision", default="float32", choices=["float32", "mixed_float16", "mixed_bfloat16"])
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="multi_worker: seconds without progress (a missing or dead worker) before the run "
+                        "stops with an error; also the timeout of every collective (default 300)")
+    _add_data_args(p, num_images=1024)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="mIoU, per-class IoU and share of pixels decided per stage")
@@ -160,6 +277,39 @@ def build_parser():
     p.add_argument("--image-size", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("visualize", help="panels like the paper's Figs. 4/6: each stage's decisions")
+    p.add_argument("model")
+    p.add_argument("images", nargs="*", help="image files; default: synthetic validation scenes with ground truth")
+    p.add_argument("--out", default="panels")
+    p.add_argument("--rho", type=_rho, default=None)
+    p.add_argument("--tensorboard", default=None, help="also write the panels as TensorBoard images to this folder")
+    p.add_argument("--num-images", type=int, default=4)
+    p.add_argument("--image-size", type=int, default=96)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_visualize)
+
+    p = sub.add_parser("analyze", help="the paper's Figs. 1b, 5, 7a, 7b as PNG plots + JSON")
+    p.add_argument("model")
+    p.add_argument("--split", default="val", choices=["train", "val"])
+    p.add_argument("--out", default="analysis")
+    p.add_argument("--rho", type=_rho, default=None, help="the model's rho for Figs. 5 and 7b")
+    p.add_argument("--rhos", type=_rho, nargs="+", default=[1.0, 0.995, 0.985, 0.95, 0.9, 0.8],
+                   help="the sweep of Fig. 7a")
+    p.add_argument("--threshold", type=float, default=0.95, help="confidence threshold of Fig. 1b")
+    p.add_argument("--repeats", type=int, default=5)
+    _add_data_args(p, num_images=64)
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("bench", help="images/s of the cascade at each rho vs the same weights run densely")
+    p.add_argument("model")
+    p.add_argument("images", nargs="*", help="images to time (resized); default: synthetic scenes")
+    p.add_argument("--height", type=int, default=360)
+    p.add_argument("--width", type=int, default=480)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--rho", type=_rho, nargs="+", default=[1.0, 0.995, 0.985, 0.95, 0.9, 0.8])
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--json", default=None)
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
@@ -169,7 +319,9 @@ def main(argv=None):
     try:
         args.func(args)
     except ValueError as e:
-        raise SystemExit(f"keras-lc: error: {e}") from None
+        if os.environ.get("KERAS_LC_DEBUG"):
+            raise
+        raise SystemExit(f"keras-lc: error: {e}  (set KERAS_LC_DEBUG=1 for the traceback)") from None
     return 0
 
 

@@ -3,6 +3,22 @@
 import tensorflow as tf
 
 
+def masked_sparse_categorical_crossentropy_sum(labels, logits, region=None, ignore_class=None):
+    """`(sum of cross-entropy, number of pixels)` over the valid pixels of `region`.
+
+    The parts of the mean, so that under a `tf.distribute` strategy the sum can be
+    divided by the global pixel count of the global batch.
+    """
+    labels = tf.cast(labels, tf.int32)
+    valid = tf.ones_like(labels, tf.bool) if ignore_class is None else tf.not_equal(labels, ignore_class)
+    if region is not None:
+        valid = tf.logical_and(valid, region)
+    safe = tf.where(valid, labels, tf.zeros_like(labels))
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe, logits=tf.cast(logits, tf.float32))
+    weight = tf.cast(valid, tf.float32)
+    return tf.reduce_sum(ce * weight), tf.reduce_sum(weight)
+
+
 def masked_sparse_categorical_crossentropy(labels, logits, region=None, ignore_class=None):
     """Mean cross-entropy over the pixels that are in `region` and not `ignore_class`.
 
@@ -19,11 +35,5 @@ def masked_sparse_categorical_crossentropy(labels, logits, region=None, ignore_c
     Returns:
         float32 scalar.
     """
-    labels = tf.cast(labels, tf.int32)
-    valid = tf.ones_like(labels, tf.bool) if ignore_class is None else tf.not_equal(labels, ignore_class)
-    if region is not None:
-        valid = tf.logical_and(valid, region)
-    safe = tf.where(valid, labels, tf.zeros_like(labels))
-    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe, logits=tf.cast(logits, tf.float32))
-    weight = tf.cast(valid, tf.float32)
-    return tf.math.divide_no_nan(tf.reduce_sum(ce * weight), tf.reduce_sum(weight))
+    total, count = masked_sparse_categorical_crossentropy_sum(labels, logits, region, ignore_class)
+    return tf.math.divide_no_nan(total, count)

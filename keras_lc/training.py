@@ -1,9 +1,13 @@
 """The paper's two-step schedule, resumable: initial (DSN) training, then cascade training."""
 
+import contextlib
 import json
+import tempfile
 from pathlib import Path
 
 import keras
+
+from keras_lc.distribute import is_chief
 
 
 def train_cascade(
@@ -18,6 +22,8 @@ def train_cascade(
     save_freq="epoch",
     tensorboard=True,
     callbacks=None,
+    strategy=None,
+    optimizer="adam",
     verbose=1,
 ):
     """Train a LayerCascade: `initial_epochs` in "initial" mode, then `cascade_epochs` in "cascade" mode.
@@ -32,14 +38,27 @@ def train_cascade(
     loaded from its weights file and skipped, an unfinished one continues from its
     backup (`keras.callbacks.BackupAndRestore`).
 
-    `callbacks` are extra Keras callbacks for both phases.
+    `optimizer` is "adam" or "sgd" (momentum 0.9), made anew for each phase.
+    `callbacks` are extra Keras callbacks for both phases. With a `tf.distribute`
+    `strategy` (the model must have been built in its scope), the optimizer is made in
+    the scope too, and only the chief writes checkpoints, logs and the model; the
+    other workers keep their resume state in a private temporary folder.
 
     Returns:
         dict `{phase: history dict}`: the epochs run by this call (a resumed
         phase lists only the epochs run after the resume).
     """
+    chief = is_chief(strategy)
+    optimizers = {"adam": keras.optimizers.Adam, "sgd": lambda lr: keras.optimizers.SGD(lr, momentum=0.9)}
+    if optimizer not in optimizers:
+        raise ValueError(f"Unknown optimizer {optimizer!r}; choose one of {sorted(optimizers)}.")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if chief:
+        out.mkdir(parents=True, exist_ok=True)
+    scratch = out if chief else Path(tempfile.mkdtemp(prefix="keras_lc_worker_"))
+    def scope():
+        return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
     cascade_learning_rate = learning_rate * 0.3 if cascade_learning_rate is None else cascade_learning_rate
     histories = {}
     history_file = out / "history.json"
@@ -58,11 +77,12 @@ def train_cascade(
         if verbose:
             print(f"[keras-lc] {phase} training: {epochs} epochs, lr {lr:g}, rho {model.rho:g}")
         model.training_mode = phase
-        model.compile(optimizer=keras.optimizers.Adam(lr))
-        phase_callbacks = [keras.callbacks.BackupAndRestore(str(out / "backup" / phase), save_freq=save_freq)]
-        if tensorboard:
+        with scope():
+            model.compile(optimizer=optimizers[optimizer](lr))
+        phase_callbacks = [keras.callbacks.BackupAndRestore(str(scratch / "backup" / phase), save_freq=save_freq)]
+        if tensorboard and chief:
             phase_callbacks.append(keras.callbacks.TensorBoard(str(out / "logs" / phase), write_graph=False))
-        if val_data is not None and phase == "cascade":
+        if val_data is not None and phase == "cascade" and chief:
             phase_callbacks.append(
                 keras.callbacks.ModelCheckpoint(
                     str(out / "best.keras"), monitor="val_miou", mode="max", save_best_only=True
@@ -77,10 +97,13 @@ def train_cascade(
             verbose=verbose,
         )
         histories[phase] = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+        if not chief:
+            continue
         saved = json.loads(history_file.read_text()) if history_file.exists() else {}
         saved[phase] = histories[phase]
         history_file.write_text(json.dumps(saved, indent=1))
         model.save_weights(done)
     model.training_mode = "cascade"
-    model.save(out / "model.keras")
+    if chief:
+        model.save(out / "model.keras")
     return histories

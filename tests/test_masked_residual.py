@@ -33,7 +33,8 @@ def test_blob_region_equals_masked_dense_reference():
     mask = region[..., None].astype(np.float32)
 
     def conv(layer, t):
-        ref = keras.layers.Conv2D(layer.filters, layer.kernel_size, dilation_rate=layer.dilation_rate, padding="same")
+        ref = keras.layers.Conv2D(layer.filters, layer.kernel_size, dilation_rate=layer.dilation_rate, padding="same",
+                                  use_bias=layer.use_bias)
         ref.build(t.shape)
         ref.set_weights(layer.get_weights())
         return ref(t)

@@ -108,9 +108,12 @@ class RegionBottleneck(keras.layers.Layer):
         self.bottleneck_channels = int(bottleneck_channels)
         self.kernel_size = kernel_size
         self.dilation_rate = dilation_rate
-        self.reduce = RegionConv2D(bottleneck_channels, 1, name="reduce")
+        # No bias before a LayerNorm: its mean subtraction cancels it (and Adam would chase noise).
+        self.reduce = RegionConv2D(bottleneck_channels, 1, use_bias=False, name="reduce")
         self.norm1 = keras.layers.LayerNormalization(epsilon=1e-5, name="norm1")
-        self.conv = RegionConv2D(bottleneck_channels, kernel_size, dilation_rate=dilation_rate, name="conv")
+        self.conv = RegionConv2D(
+            bottleneck_channels, kernel_size, dilation_rate=dilation_rate, use_bias=False, name="conv"
+        )
         self.norm2 = keras.layers.LayerNormalization(epsilon=1e-5, name="norm2")
         self.expand = RegionConv2D(
             channels,

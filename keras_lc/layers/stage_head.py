@@ -69,7 +69,9 @@ class StageHead(keras.layers.Layer):
         self.hidden_channels = int(hidden_channels)
         self.kernel_size = kernel_size
         self.dilation_rate = dilation_rate
-        self.conv = RegionConv2D(hidden_channels, kernel_size, dilation_rate=dilation_rate, name="conv")
+        self.conv = RegionConv2D(  # no bias before the LayerNorm, which cancels it
+            hidden_channels, kernel_size, dilation_rate=dilation_rate, use_bias=False, name="conv"
+        )
         self.norm = keras.layers.LayerNormalization(epsilon=1e-5, name="norm")
         self.classifier = RegionConv2D(num_classes, 1, name="classifier")
 

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from keras_lc.layers.region_index import RegionIndex
 from keras_lc.layers.stage_head import check_rho
-from keras_lc.losses import masked_sparse_categorical_crossentropy
+from keras_lc.losses import masked_sparse_categorical_crossentropy_sum
 
 TRAINING_MODES = ("initial", "cascade")
 _LABEL_ERROR = "keras_lc: labels out of range"
@@ -290,14 +290,31 @@ class LayerCascade(keras.Model):
         return images, labels
 
     def stage_losses(self, out, labels):
-        """Per-stage losses: stage k's sparse CE over the valid pixels of its region."""
+        """Per-stage losses: stage k's sparse CE over the valid pixels of its region.
+
+        Under a tf.distribute strategy each replica divides its sum by the pixel count
+        of the *global* batch, so the replicas' losses (and their gradients, which the
+        optimizer sums) add up to the loss of the global batch.
+        """
         logits = out["logits"]
         h, w = tf.shape(logits[0])[1], tf.shape(logits[0])[2]
         low = resize_nearest(labels, h, w)
-        return [
-            masked_sparse_categorical_crossentropy(low, logits[k], out["regions"][k], self.ignore_class)
-            for k in range(3)
-        ]
+        ctx = tf.distribute.get_replica_context()
+        losses = []
+        for k in range(3):
+            total, count = masked_sparse_categorical_crossentropy_sum(low, logits[k], out["regions"][k], self.ignore_class)
+            if ctx is not None and ctx.num_replicas_in_sync > 1:
+                count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, count)
+            losses.append(tf.math.divide_no_nan(total, count))
+        return losses
+
+    @staticmethod
+    def _global(values):
+        """Replica partial losses -> the global-batch value on every replica (for logs)."""
+        ctx = tf.distribute.get_replica_context()
+        if ctx is None or ctx.num_replicas_in_sync == 1:
+            return values
+        return [ctx.all_reduce(tf.distribute.ReduceOp.SUM, v) for v in values]
 
     def _update_metrics(self, total, losses, out, labels):
         for tracker, value in zip(self.loss_trackers, [total, *losses]):
@@ -306,7 +323,13 @@ class LayerCascade(keras.Model):
         for k, tracker in enumerate(self.share_trackers, start=1):
             tracker.update_state(tf.reduce_mean(tf.cast(tf.equal(stage, k), tf.float32)))
         self.miou_metric.update_state(labels, out["labels"])
-        return {m.name: m.result() for m in self.metrics}
+        logs = {m.name: m.result() for m in self.metrics}
+        strategy = tf.distribute.get_strategy()
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode():
+            # Keras reduces multi-worker logs with MEAN over axis 0, which scalars lack; the values
+            # are already global (metrics are aggregated across replicas), so a [1] shape is exact.
+            logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
+        return logs
 
     @property
     def metrics(self):
@@ -319,19 +342,32 @@ class LayerCascade(keras.Model):
             losses = self.stage_losses(out, labels)
             total = tf.add_n(losses)
             if self.losses:
-                total = total + tf.add_n(self.losses)
+                replicas = tf.distribute.get_strategy().num_replicas_in_sync
+                total = total + tf.add_n(self.losses) / replicas
             scaled = self.optimizer.scale_loss(total) if hasattr(self.optimizer, "scale_loss") else total
         variables = self.trainable_variables
         grads = tape.gradient(scaled, variables)
         grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
         self.optimizer.apply_gradients(zip(grads, variables))
+        total, *losses = self._global([total, *losses])
         return self._update_metrics(total, losses, out, labels)
 
     def test_step(self, data):
         images, labels = self._unpack(data)
         out = self._forward(images, training=False)
-        losses = self.stage_losses(out, labels)
+        losses = self._global(self.stage_losses(out, labels))
         return self._update_metrics(tf.add_n(losses), losses, out, labels)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # The model is built at construction and compiles no loss or metrics, so only the
+        # optimizer needs building, in the strategy's scope. (Keras' generic path averages a
+        # distributed data batch first, which fails under MultiWorkerMirroredStrategy.)
+        if self.built and self.optimizer is not None:
+            if not self.optimizer.built:
+                with self.distribute_strategy.scope():
+                    self.optimizer.build(self.trainable_variables)
+            return
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def fit(self, *args, **kwargs):
         with _clear_errors():

@@ -24,7 +24,8 @@ def tiny_stage1(channels=64, stem_channels=32, num_blocks=2, name="stage1"):
         x = keras.layers.Conv2D(
             filters, 3, strides=strides, dilation_rate=dilation, padding="same", use_bias=False, name=f"{prefix}_conv"
         )(x)
-        x = keras.layers.BatchNormalization(name=f"{prefix}_bn")(x)
+        # synchronized: batch statistics over the global batch under a tf.distribute strategy
+        x = keras.layers.BatchNormalization(synchronized=True, name=f"{prefix}_bn")(x)
         return keras.layers.ReLU(name=f"{prefix}_relu")(x) if relu else x
 
     x = conv_bn(inputs, stem_channels, strides=2, prefix=f"{name}_stem1")

@@ -1,0 +1,147 @@
+"""Speed of a cascade against the same weights computed densely, measured side by side.
+
+All timings are medians over `repeats` rounds; in each round the dense network and
+every ρ run once, one after the other, so that machine noise hits them alike.
+"""
+
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from keras_lc.layers.region_index import RegionIndex
+from keras_lc.layers.stage_head import check_rho
+
+
+def _cascade_fn(model):
+    @tf.function(reduce_retracing=True)
+    def run(images, rho):
+        out = model._forward(images, rho=rho, training=False, dense=False)
+        return out["labels"], out["stage"]
+
+    return run
+
+
+def _dense_fn(model):
+    @tf.function(reduce_retracing=True)
+    def run(images):
+        out = model._forward(images, rho=1.0, training=False, dense=True)
+        return out["labels"], out["stage"]
+
+    return run
+
+
+def _seconds(fn, *args):
+    start = time.perf_counter()
+    result = fn(*args)
+    tf.nest.map_structure(lambda t: t.numpy(), result)  # wait for the values
+    return time.perf_counter() - start, result
+
+
+def benchmark_cascade(model, images, rhos=(1.0, 0.995, 0.985, 0.95, 0.9, 0.8), repeats=10, warmup=2):
+    """Images/s of the dense network and of the cascade at each ρ, in one run, alternating.
+
+    Args:
+        model: a `LayerCascade`.
+        images: uint8 `[B, H, W, 3]` (the batch that is timed).
+        rhos: the ρ values to time.
+        repeats: timed rounds (median reported); warmup: untimed rounds first.
+
+    Returns:
+        `{"dense": {"images_per_s", "seconds"}, "cascade": [{"rho", "images_per_s",
+        "seconds", "speedup", "stage_share": [s1, s2, s3]}, ...], "batch", "height",
+        "width", "repeats"}`.
+    """
+    rhos = [check_rho(r) for r in rhos]
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1; got {repeats}.")
+    images = tf.convert_to_tensor(images)
+    batch = int(images.shape[0])
+    cascade, dense = _cascade_fn(model), _dense_fn(model)
+    times = {"dense": []}
+    times.update({r: [] for r in rhos})
+    shares = {}
+    for round_ in range(warmup + repeats):
+        t, _ = _seconds(dense, images)
+        if round_ >= warmup:
+            times["dense"].append(t)
+        for r in rhos:
+            t, (_, stage) = _seconds(cascade, images, tf.constant(r, tf.float32))
+            if round_ >= warmup:
+                times[r].append(t)
+            shares[r] = (np.bincount(stage.numpy().ravel(), minlength=4)[1:] / stage.numpy().size).tolist()
+    dense_s = float(np.median(times["dense"]))
+    result = {
+        "batch": batch,
+        "height": int(images.shape[1]),
+        "width": int(images.shape[2]),
+        "repeats": repeats,
+        "dense": {"images_per_s": batch / dense_s, "seconds": dense_s},
+        "cascade": [],
+    }
+    for r in rhos:
+        s = float(np.median(times[r]))
+        result["cascade"].append(
+            {"rho": r, "images_per_s": batch / s, "seconds": s, "speedup": dense_s / s, "stage_share": shares[r]}
+        )
+    return result
+
+
+def stage_times(model, images, rho=None, repeats=10, warmup=2):
+    """Seconds per batch spent in each stage (stage + its head) and in the final combine.
+
+    The paper's Fig. 7b. Each piece is a separate `tf.function` fed with the real
+    intermediate results of the same batch, so stage k is timed on the region that
+    really reaches it.
+
+    Returns:
+        `{"stage1": s, "stage2": s, "stage3": s, "rho": ρ, "stage_share": [...]}`.
+    """
+    rho = model.rho if rho is None else check_rho(rho)
+    rho_t = tf.constant(rho, tf.float32)
+    images = tf.convert_to_tensor(images)
+
+    @tf.function(reduce_retracing=True)
+    def first(images):
+        x = model._preprocess(images)
+        f = model.stages[0](x, training=False)
+        full = tf.ones(tf.shape(f)[:3], tf.bool)
+        probs, region, _ = model.heads[0](f, region=RegionIndex(full, dense=True), rho=rho_t, return_logits=True)
+        return f, probs, region
+
+    def later(k):
+        @tf.function(reduce_retracing=True)
+        def run(f, region):
+            y, probs, nxt, _ = model._region_stage(k, f, region, rho_t, False, False)
+            return y, probs, nxt
+
+        return run
+
+    second, third = later(1), later(2)
+    f1, _, r2 = first(images)
+    f2, _, r3 = second(f1, r2)
+    pieces = {"stage1": (first, (images,)), "stage2": (second, (f1, r2)), "stage3": (third, (f2, r3))}
+    times = {k: [] for k in pieces}
+    for round_ in range(warmup + repeats):
+        for name, (fn, args) in pieces.items():
+            t, _ = _seconds(fn, *args)
+            if round_ >= warmup:
+                times[name].append(t)
+    n = float(tf.size(r2))
+    share2, share3 = float(tf.reduce_sum(tf.cast(r2, tf.float32))) / n, float(tf.reduce_sum(tf.cast(r3, tf.float32))) / n
+    result = {k: float(np.median(v)) for k, v in times.items()}
+    result.update({"rho": rho, "stage_share": [1 - share2, share2 - share3, share3]})
+    return result
+
+
+def format_benchmark(result):
+    """A plain-text table of `benchmark_cascade`'s result."""
+    lines = [
+        f"batch {result['batch']} at {result['height']}x{result['width']}, median of {result['repeats']} rounds",
+        f"{'':>12}{'images/s':>10}{'vs dense':>10}   share decided at stage 1/2/3",
+        f"{'dense':>12}{result['dense']['images_per_s']:10.2f}{1.0:9.2f}x",
+    ]
+    for row in result["cascade"]:
+        share = " / ".join(f"{100 * s:.1f}%" for s in row["stage_share"])
+        lines.append(f"{'rho ' + format(row['rho'], 'g'):>12}{row['images_per_s']:10.2f}{row['speedup']:9.2f}x   {share}")
+    return "\n".join(lines)

@@ -1,0 +1,93 @@
+import json
+
+import numpy as np
+import pytest
+from conftest import SMALL
+
+from keras_lc import build_model
+from keras_lc.analysis import boundary_mask, difficulty_split, stage_share_ratios
+from keras_lc.benchmark import benchmark_cascade, format_benchmark, stage_times
+from keras_lc.cli import main
+from keras_lc.viz import DARK_EARLIER, GREY_FORWARDED, cascade_panel_array, palette
+
+
+def test_boundary_mask():
+    truth = np.zeros((1, 6, 6), int)
+    truth[0, :, 3:] = 1
+    b = boundary_mask(truth, width=1)[0]
+    assert b[:, 2:4].all() and not b[:, :2].any() and not b[:, 4:].any()
+    assert boundary_mask(truth, width=2)[0][:, 1:5].all()
+
+
+def test_difficulty_split_known_case():
+    truth = np.array([[[0, 0, 0, 1, 1, 1]]])
+    pred = np.array([[[0, 0, 1, 1, 0, 1]]])
+    conf = np.array([[[0.99, 0.5, 0.99, 0.97, 0.2, 0.99]]])
+    r = difficulty_split(conf, pred, truth, num_classes=2, threshold=0.95, boundary_width=1)
+    # class 0: easy (0), moderate (1), extremely hard (2: wrong but sure); class 1: easy 3 and 5, moderate 4
+    assert r["counts"] == {"easy": [1, 2], "moderate": [1, 1], "extremely_hard": [1, 0]}
+    assert r["share"]["easy"] == pytest.approx([1 / 3, 2 / 3])
+    assert r["total_share"]["extremely_hard"] == pytest.approx(1 / 6)
+    assert r["hard_on_boundary"] == 1.0  # pixel 2 is next to the 0|1 change
+    assert r["pixels_on_boundary"] == pytest.approx(2 / 6)
+
+
+def test_difficulty_split_ignores_void():
+    truth = np.array([[[0, 9, 9]]])
+    r = difficulty_split(np.ones((1, 1, 3)), np.zeros((1, 1, 3), int), truth, num_classes=2, ignore_class=9)
+    assert r["counts"]["easy"] == [1, 0] and r["hard_on_boundary"] is None
+
+
+def test_stage_share_ratios():
+    r = stage_share_ratios({"a": [0.5, 0.25, 0.25], "b": [1.0, 0.0, 0.0]})
+    assert r["a"] == {"stage2_over_stage1": 0.5, "stage3_over_stage2": 1.0}
+    assert r["b"] == {"stage2_over_stage1": 0.0, "stage3_over_stage2": None}
+
+
+def test_panel_greys_out_undecided_pixels():
+    k = 3
+    stage = np.array([[1, 2], [3, 3]], np.uint8)
+    probs = np.zeros((2, 2, k), np.float32)
+    probs[..., 2] = 1.0
+    outputs = {"stage": stage, "labels": np.full((2, 2), 2), "stage1": probs, "stage2": probs, "stage3": probs}
+    tiles = dict(cascade_panel_array(np.zeros((2, 2, 3), np.uint8), outputs, k, truth=np.zeros((2, 2), int)))
+    s1, s2, s3 = tiles["stage 1 (25.0% decided)"], tiles["stage 2 (25.0% decided)"], tiles["stage 3 (50.0% decided)"]
+    colour2 = palette(k)[2]
+    assert (s1[0, 0] == colour2).all() and (s1[1, 1] == GREY_FORWARDED).all()
+    assert (s2[0, 0] == DARK_EARLIER).all() and (s2[0, 1] == colour2).all() and (s2[1, 0] == GREY_FORWARDED).all()
+    assert (s3[1, 0] == colour2).all() and (s3[0, 1] == DARK_EARLIER).all()
+    assert "ground truth" in tiles and "deciding stage" in tiles
+
+
+def test_benchmark_and_stage_times_shapes(small_model, images):
+    r = benchmark_cascade(small_model, images, rhos=[1.0, 1e-6], repeats=1, warmup=1)
+    assert r["dense"]["images_per_s"] > 0 and [c["rho"] for c in r["cascade"]] == [1.0, 1e-6]
+    assert r["cascade"][0]["stage_share"] == pytest.approx([0, 0, 1])
+    assert r["cascade"][1]["stage_share"] == pytest.approx([1, 0, 0])
+    assert "vs dense" in format_benchmark(r)
+    t = stage_times(small_model, images, rho=1e-6, repeats=1, warmup=0)
+    assert t["stage_share"] == pytest.approx([1, 0, 0]) and t["stage1"] > 0
+    with pytest.raises(ValueError, match="rho"):
+        benchmark_cascade(small_model, images, rhos=[0.0])
+
+
+def test_visualize_analyze_bench_cli(tmp_path, capsys):
+    model = build_model("tiny", num_classes=3, rho=0.6, ignore_class=3, **SMALL)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    main(["visualize", str(path), "--out", str(tmp_path / "vis"), "--num-images", "2", "--image-size", "32",
+          "--tensorboard", str(tmp_path / "tb")])
+    pngs = list((tmp_path / "vis").glob("*.png"))
+    assert len(pngs) == 2 and all(p.stat().st_size > 1000 for p in pngs)
+    assert any((tmp_path / "tb").rglob("*tfevents*"))
+    main(["analyze", str(path), "--out", str(tmp_path / "ana"), "--num-images", "4", "--image-size", "32",
+          "--rhos", "1.0", "0.5", "--repeats", "1"])
+    for name in ("fig1b_difficulty", "fig5_stage_share", "fig7a_tradeoff", "fig7b_stage_time"):
+        assert (tmp_path / "ana" / f"{name}.png").stat().st_size > 1000
+    result = json.loads((tmp_path / "ana" / "analysis.json").read_text())
+    assert [p["rho"] for p in result["fig7a"]["points"]] == [1.0, 0.5]
+    assert set(result["fig5"]["ratios"]) == {"background", "ellipse", "box"}
+    main(["bench", str(path), "--height", "32", "--width", "32", "--rho", "1.0", "0.5", "--repeats", "1",
+          "--json", str(tmp_path / "b.json")])
+    assert "vs dense" in capsys.readouterr().out
+    assert set(json.loads((tmp_path / "b.json").read_text())) >= {"dense", "cascade"}
