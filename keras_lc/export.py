@@ -1,0 +1,135 @@
+"""Export a LayerCascade: a SavedModel for TF Serving, ONNX, and a Triton model repository.
+
+SavedModel signatures (TF Serving needs every input of a signature in each request,
+so the per-request ρ comes as separate signatures rather than an optional input):
+
+| signature                  | inputs                                         |
+|----------------------------|------------------------------------------------|
+| `serving_default`          | `images` uint8 `[B, H, W, 3]`                  |
+| `serving_rho`              | `images`, `rho` float32 scalar in (0, 1]       |
+| `serving_image_bytes`      | `image_bytes` string `[B]` (PNG/JPEG/BMP/GIF)  |
+| `serving_image_bytes_rho`  | `image_bytes`, `rho`                           |
+
+Outputs: `labels` int32 `[B, H, W]` (input resolution), `stage` uint8 `[B, H, W]`
+(the deciding stage), and `probs` float32 `[B, H, W, K]` only if exported with
+`include_probs=True`. Images of one request share one size.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import tensorflow as tf
+
+SIGNATURES = ("serving_default", "serving_rho", "serving_image_bytes", "serving_image_bytes_rho")
+
+
+def _checked_rho(rho):
+    rho = tf.convert_to_tensor(rho, tf.float32)
+    ok = tf.logical_and(rho > 0.0, rho <= 1.0)
+    check = tf.debugging.Assert(ok, ["keras_lc: rho must be in (0, 1]; got", rho])
+    with tf.control_dependencies([check]):
+        return tf.identity(rho)
+
+
+def _checked_images(images):
+    shape = tf.shape(images)
+    check = tf.debugging.Assert(
+        tf.logical_and(shape[1] > 0, shape[2] > 0),
+        ["keras_lc: images must have a non-zero height and width; got shape", shape],
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(images)
+
+
+def _decode(image_bytes):
+    def one(data):
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        return image
+
+    return tf.map_fn(one, image_bytes, fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+
+
+def serving_functions(model, include_probs=False):
+    """The four serving `tf.function`s of `model`, keyed by signature name."""
+
+    def outputs(images, rho):
+        out = model._forward(_checked_images(images), rho=rho, training=False, dense=False)
+        result = {"labels": out["labels"], "stage": out["stage"]}
+        if include_probs:
+            result["probs"] = out["probs"]
+        return result
+
+    images_spec = tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")
+    bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
+    rho_spec = tf.TensorSpec([], tf.float32, name="rho")
+
+    @tf.function(input_signature=[images_spec])
+    def serving_default(images):
+        return outputs(images, tf.identity(model._rho))
+
+    @tf.function(input_signature=[images_spec, rho_spec])
+    def serving_rho(images, rho):
+        return outputs(images, _checked_rho(rho))
+
+    @tf.function(input_signature=[bytes_spec])
+    def serving_image_bytes(image_bytes):
+        return outputs(_decode(image_bytes), tf.identity(model._rho))
+
+    @tf.function(input_signature=[bytes_spec, rho_spec])
+    def serving_image_bytes_rho(image_bytes, rho):
+        return outputs(_decode(image_bytes), _checked_rho(rho))
+
+    return {
+        "serving_default": serving_default,
+        "serving_rho": serving_rho,
+        "serving_image_bytes": serving_image_bytes,
+        "serving_image_bytes_rho": serving_image_bytes_rho,
+    }
+
+
+def export_savedmodel(model, out_dir="saved_models", name="lc", version=1, include_probs=False, overwrite=True):
+    """Write a SavedModel in TF Serving's layout, `out_dir/<name>/<version>/`. Returns that path.
+
+    The model's current ρ becomes the default of the signatures without `rho`.
+    """
+    if int(version) < 1:
+        raise ValueError(f"version must be a positive integer (TF Serving's layout); got {version}.")
+    if not name or "/" in name:
+        raise ValueError(f"name must be a plain folder name; got {name!r}.")
+    path = Path(out_dir) / name / str(int(version))
+    if path.exists():
+        if not overwrite:
+            raise FileExistsError(f"{path} exists; pick another --version or remove it.")
+        shutil.rmtree(path)
+    module = tf.Module()
+    module.model = model
+    fns = serving_functions(model, include_probs)
+    for fn_name, fn in fns.items():
+        setattr(module, fn_name, fn)
+    tf.saved_model.save(module, str(path), signatures=fns)
+    (path / "keras_lc.json").write_text(
+        json.dumps({"num_classes": model.num_classes, "rho": model.rho, "ignore_class": model.ignore_class,
+                    "include_probs": include_probs, "signatures": list(SIGNATURES)}, indent=1)
+    )
+    return path
+
+
+def export_onnx(model, path, include_probs=False, opset=17):
+    """Convert the `serving_rho` function (inputs `images` uint8, `rho` float32) to ONNX with tf2onnx."""
+    try:
+        import tf2onnx
+    except ImportError:
+        raise ImportError("ONNX export needs the [onnx] extra: pip install 'keras_lc[onnx]'") from None
+    fn = serving_functions(model, include_probs)["serving_rho"]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tf2onnx.convert.from_function(
+        fn,
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images"),
+                         tf.TensorSpec([], tf.float32, name="rho")],
+        opset=opset,
+        output_path=str(path),
+    )
+    return path

@@ -1,0 +1,367 @@
+"""Serving: a Triton model repository, the `tritonserver` launcher, and Triton / TF Serving clients.
+
+The Triton server is the real one shipped in the `nvidia-pytriton` wheel (extra
+`[serve]`); it runs the exported SavedModel (or ONNX file) in Triton's Python backend.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from keras_lc.export import export_onnx, export_savedmodel
+
+# --------------------------------------------------------------------------- repository
+_MODEL_PY = '''
+"""Triton Python backend for a keras_lc Deep Layer Cascade (written by `keras-lc export --triton`)."""
+import json
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+FORMAT = "{fmt}"
+INCLUDE_PROBS = {include_probs}
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        here = os.path.dirname(__file__)
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import tensorflow as tf
+
+        self.tf = tf
+        with open(os.path.join(here, "keras_lc.json")) as f:
+            self.info = json.load(f)
+        if FORMAT == "onnx":
+            import onnxruntime as ort
+
+            self.session = ort.InferenceSession(os.path.join(here, "model.onnx"), providers=["CPUExecutionProvider"])
+        else:
+            self.model = tf.saved_model.load(os.path.join(here, "model.savedmodel"))
+            self.signature = self.model.signatures["serving_rho"]
+
+    def _run(self, images, rho):
+        if FORMAT == "onnx":
+            names = [o.name for o in self.session.get_outputs()]
+            values = self.session.run(None, {{"images": images, "rho": np.float32(rho)}})
+            return dict(zip(names, values))
+        out = self.signature(images=self.tf.constant(images), rho=self.tf.constant(rho, self.tf.float32))
+        return {{k: v.numpy() for k, v in out.items()}}
+
+    def _one(self, request):
+        images = pb_utils.get_input_tensor_by_name(request, "images")
+        encoded = pb_utils.get_input_tensor_by_name(request, "image_bytes")
+        rho_in = pb_utils.get_input_tensor_by_name(request, "rho")
+        if (images is None) == (encoded is None):
+            raise ValueError("send exactly one of the inputs 'images' (UINT8 [B, H, W, 3]) or 'image_bytes'")
+        rho = float(self.info["rho"]) if rho_in is None else float(np.asarray(rho_in.as_numpy()).reshape(-1)[0])
+        if not (0.0 < rho <= 1.0):
+            raise ValueError(f"rho must be in (0, 1]; got {{rho}}")
+        if images is not None:
+            x = images.as_numpy()
+            if x.ndim != 4 or x.shape[-1] != 3:
+                raise ValueError(f"images must be UINT8 [B, H, W, 3]; got shape {{list(x.shape)}}")
+            if 0 in x.shape:
+                raise ValueError(f"images must not be empty; got shape {{list(x.shape)}}")
+        else:
+            data = encoded.as_numpy().reshape(-1)
+            decoded = []
+            for i, item in enumerate(data):
+                try:
+                    decoded.append(self.tf.io.decode_image(bytes(item), channels=3, expand_animations=False).numpy())
+                except Exception:
+                    raise ValueError(f"image_bytes[{{i}}] is not a PNG/JPEG/BMP/GIF image") from None
+            if len({{d.shape for d in decoded}}) != 1:
+                raise ValueError("the images of one request must share one size")
+            x = np.stack(decoded)
+        out = self._run(np.ascontiguousarray(x, np.uint8), rho)
+        tensors = [pb_utils.Tensor("labels", out["labels"].astype(np.int32)),
+                   pb_utils.Tensor("stage", out["stage"].astype(np.uint8))]
+        if INCLUDE_PROBS:
+            tensors.append(pb_utils.Tensor("probs", out["probs"].astype(np.float32)))
+        return pb_utils.InferenceResponse(output_tensors=tensors)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._one(request))
+            except Exception as e:  # a clear error for this request; the server keeps serving
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"keras_lc: {{e}}")))
+        return responses
+'''
+
+_CONFIG = '''name: "{name}"
+backend: "python"
+max_batch_size: {max_batch_size}
+input [
+  {{ name: "images", data_type: TYPE_UINT8, dims: [ -1, -1, 3 ], optional: true }},
+  {{ name: "image_bytes", data_type: TYPE_STRING, dims: [ 1 ], optional: true }},
+  {{ name: "rho", data_type: TYPE_FP32, dims: [ 1 ], optional: true }}
+]
+output [
+  {{ name: "labels", data_type: TYPE_INT32, dims: [ -1, -1 ] }},
+  {{ name: "stage", data_type: TYPE_UINT8, dims: [ -1, -1 ] }}{probs}
+]
+instance_group [ {{ kind: KIND_CPU, count: {instances} }} ]
+{batching}'''
+
+
+def write_triton_repository(model, repository, name="lc", version=1, fmt="savedmodel", include_probs=False,
+                            instances=1, max_batch_size=8):
+    """Write `repository/<name>/config.pbtxt` and `repository/<name>/<version>/` for Triton's Python backend.
+
+    The version folder holds `model.py`, `keras_lc.json` and `model.savedmodel/`
+    (or `model.onnx` with `fmt="onnx"`). Requests carry `images` (UINT8 [B, H, W, 3])
+    or `image_bytes` (BYTES [B, 1], encoded PNG/JPEG), and optionally `rho` (FP32
+    [B, 1], the first value is used); responses `labels` and `stage` (and `probs` if
+    exported). Triton's dynamic batcher is on: it queues concurrent requests and hands
+    them to the backend together. Images of one request share a size.
+    """
+    if fmt not in ("savedmodel", "onnx"):
+        raise ValueError(f"fmt must be 'savedmodel' or 'onnx'; got {fmt!r}.")
+    root = Path(repository) / name
+    vdir = root / str(int(version))
+    if vdir.exists():
+        shutil.rmtree(vdir)
+    vdir.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = export_savedmodel(model, tmp, "m", 1, include_probs=include_probs)
+        shutil.copytree(saved, vdir / "model.savedmodel")
+    if fmt == "onnx":
+        export_onnx(model, vdir / "model.onnx", include_probs=include_probs)
+        shutil.rmtree(vdir / "model.savedmodel")
+    (vdir / "keras_lc.json").write_text(json.dumps(
+        {"num_classes": model.num_classes, "rho": model.rho, "ignore_class": model.ignore_class, "format": fmt,
+         "include_probs": include_probs}, indent=1))
+    (vdir / "model.py").write_text(_MODEL_PY.format(fmt=fmt, include_probs=include_probs))
+    probs = ',\n  { name: "probs", data_type: TYPE_FP32, dims: [ -1, -1, -1 ] }' if include_probs else ""
+    batching = "dynamic_batching { max_queue_delay_microseconds: 2000 }\n"
+    (root / "config.pbtxt").write_text(_CONFIG.format(name=name, probs=probs, instances=int(instances),
+                                                      batching=batching, max_batch_size=int(max_batch_size)))
+    return root
+
+
+# --------------------------------------------------------------------------- server
+class TritonServer:
+    """The real `tritonserver` (from nvidia-pytriton) on a model repository, bound to `host`.
+
+    Use as a context manager, or `start()` / `stop()`. `start` waits until the server
+    reports ready (or raises with the server's log after `timeout_s`).
+    """
+
+    def __init__(self, model_repository, host="127.0.0.1", http_port=8000, grpc_port=8001, log_file=None):
+        self.repository = Path(model_repository)
+        if not self.repository.is_dir():
+            raise FileNotFoundError(f"model repository not found: {self.repository}")
+        self.host, self.http_port, self.grpc_port = host, int(http_port), int(grpc_port)
+        self.log_file = log_file
+        self.process = None
+        self._workspace = None
+
+    def _prepare(self):
+        try:
+            from pytriton.triton import TRITONSERVER_DIST_DIR
+            from pytriton.utils.distribution import get_libs_path, get_stub_path
+        except ImportError:
+            raise ImportError("serving needs the [serve] extra: pip install 'keras_lc[serve]'") from None
+        self._workspace = Path(tempfile.mkdtemp(prefix="keras_lc_triton_"))
+        dist = self._workspace / "tritonserver"
+        shutil.copytree(TRITONSERVER_DIST_DIR, dist, ignore=shutil.ignore_patterns("python_backend_stubs"))
+        version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+        shutil.copy(get_stub_path(version), dist / "backends" / "python" / "triton_python_backend_stub")
+        env = os.environ.copy()
+        # The Python-backend stub embeds this interpreter's libpython; the server needs pytriton's libs.
+        libs = [sysconfig.get_config_var("LIBDIR"), str(get_libs_path())]
+        env["LD_LIBRARY_PATH"] = ":".join([*libs, env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
+        env["PYTHONPATH"] = ":".join(p for p in sys.path if p)  # the stub imports tensorflow, numpy from here
+        env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        return dist, env
+
+    def command(self, dist):
+        return [
+            str(dist / "bin" / "tritonserver"),
+            f"--model-repository={self.repository.resolve()}",
+            f"--backend-directory={dist / 'backends'}",
+            f"--cache-directory={dist / 'caches'}",
+            f"--http-address={self.host}", f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
+            "--allow-metrics=false", "--strict-readiness=true", "--exit-on-error=true",
+        ]
+
+    def start(self, timeout_s=120):
+        dist, env = self._prepare()
+        log = open(self.log_file, "w") if self.log_file else subprocess.DEVNULL
+        self._log_path = self.log_file
+        if not self.log_file:
+            self._log_path = self._workspace / "server.log"
+            log = open(self._log_path, "w")
+        self.process = subprocess.Popen(self.command(dist), env=env, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        deadline = time.time() + timeout_s
+        url = f"http://{self.host}:{self.http_port}/v2/health/ready"
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"tritonserver exited with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"tritonserver was not ready after {timeout_s} s:\n{self.log_tail()}")
+
+    def log_tail(self, n=4000):
+        try:
+            return Path(self._log_path).read_text()[-n:]
+        except (OSError, AttributeError):
+            return ""
+
+    def stop(self, timeout_s=30):
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        if self._workspace is not None:
+            shutil.rmtree(self._workspace, ignore_errors=True)
+            self._workspace = None
+
+    def __enter__(self):
+        return self if self.process is not None else self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+# --------------------------------------------------------------------------- clients
+def _split_url(url, default_port):
+    url = url.split("://", 1)[-1]
+    host, _, port = url.rpartition(":")
+    return (host, int(port)) if host and port.isdigit() else (url, default_port)
+
+
+class TritonClient:
+    """Triton client over gRPC or HTTP (tritonclient). `predict` returns numpy arrays.
+
+    Args:
+        url: "host:port" (or "grpc://host:port", "http://host:port").
+        model_name: the repository's model name.
+        protocol: "grpc" or "http" (default: from the url's scheme, else grpc).
+    """
+
+    def __init__(self, url, model_name="lc", protocol=None, timeout_s=60):
+        if protocol is None:
+            protocol = "http" if url.startswith("http") else "grpc"
+        if protocol not in ("grpc", "http"):
+            raise ValueError(f"protocol must be 'grpc' or 'http'; got {protocol!r}.")
+        self.protocol, self.model_name, self.timeout_s = protocol, model_name, timeout_s
+        host, port = _split_url(url, 8001 if protocol == "grpc" else 8000)
+        if protocol == "grpc":
+            import tritonclient.grpc as tc
+        else:
+            import tritonclient.http as tc
+        self._tc = tc
+        self.client = tc.InferenceServerClient(f"{host}:{port}")
+
+    def predict(self, images=None, rho=None, image_bytes=None):
+        """`images` uint8 [B, H, W, 3] (or `image_bytes`: list of encoded images) → {"labels", "stage", ...}."""
+        tc = self._tc
+        inputs = []
+        batch = len(images) if images is not None else len(image_bytes or [])
+        if images is not None:
+            images = np.ascontiguousarray(images)
+            t = tc.InferInput("images", list(images.shape), "UINT8" if images.dtype == np.uint8 else
+                              {np.dtype("float32"): "FP32", np.dtype("int32"): "INT32"}.get(images.dtype, "FP64"))
+            t.set_data_from_numpy(images)
+            inputs.append(t)
+        if image_bytes is not None:
+            data = np.array([[bytes(b)] for b in image_bytes], dtype=np.object_)
+            t = tc.InferInput("image_bytes", [len(data), 1], "BYTES")
+            t.set_data_from_numpy(data)
+            inputs.append(t)
+        if rho is not None:
+            t = tc.InferInput("rho", [batch, 1], "FP32")
+            t.set_data_from_numpy(np.full((batch, 1), rho, np.float32))
+            inputs.append(t)
+        kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {"timeout": int(self.timeout_s)}
+        try:
+            result = self.client.infer(self.model_name, inputs, **kwargs)
+        except TypeError:
+            result = self.client.infer(self.model_name, inputs)
+        out = {"labels": result.as_numpy("labels"), "stage": result.as_numpy("stage")}
+        probs = result.as_numpy("probs")
+        if probs is not None:
+            out["probs"] = probs
+        return out
+
+    def ready(self):
+        return bool(self.client.is_model_ready(self.model_name))
+
+
+class TFServingClient:
+    """TF Serving client over gRPC (tensorflow-serving-api `PredictionService`).
+
+    Args:
+        address: "host:port" (or "grpc://host:port").
+        model_name: the served model's name; signature: default "serving_default"
+        (a request with `rho` uses "serving_rho").
+    """
+
+    def __init__(self, address, model_name="lc", timeout_s=60):
+        import grpc
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        host, port = _split_url(address, 8500)
+        self.channel = grpc.insecure_channel(f"{host}:{port}")
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.model_name, self.timeout_s = model_name, timeout_s
+
+    def predict(self, images=None, rho=None, image_bytes=None):
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = self.model_name
+        key = "images" if images is not None else "image_bytes"
+        signature = "serving_default" if images is not None else "serving_image_bytes"
+        if rho is not None:
+            signature += "_rho" if signature != "serving_default" else ""
+            signature = "serving_rho" if signature == "serving_default" else signature
+            request.inputs["rho"].CopyFrom(tf.make_tensor_proto(np.float32(rho)))
+        request.model_spec.signature_name = signature
+        value = np.asarray(images) if images is not None else np.array([bytes(b) for b in image_bytes], object)
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+        response = self.stub.Predict(request, timeout=self.timeout_s)
+        return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+
+    def metadata(self):
+        from tensorflow_serving.apis import get_model_metadata_pb2
+
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        request.model_spec.name = self.model_name
+        request.metadata_field.append("signature_def")
+        return self.stub.GetModelMetadata(request, timeout=self.timeout_s)
+
+    def close(self):
+        self.channel.close()
+
+
+def triton_config_text(repository, name="lc"):
+    return textwrap.dedent((Path(repository) / name / "config.pbtxt").read_text())
