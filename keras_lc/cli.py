@@ -120,6 +120,13 @@ def cmd_predict(args):
 
     from keras_lc.viz import stage_panel, write_png
 
+    if args.server:
+        paths = ([args.model] if args.model else []) + list(args.images)  # no MODEL with --server
+        if not paths:
+            raise SystemExit("keras-lc: predict --server needs image files")
+        return _predict_remote(args, [(Path(p).stem, im, None) for p, im in zip(paths, _read_images(paths))])
+    if args.model is None:
+        raise SystemExit("keras-lc: predict needs a MODEL (.keras file) or --server")
     model = _load(args.model)
     if args.rho is not None:
         model.rho = args.rho
@@ -236,6 +243,80 @@ def cmd_bench(args):
         print(f"[keras-lc] wrote {args.json}")
 
 
+def cmd_export(args):
+    model = _load(args.model)
+    if args.rho is not None:
+        model.rho = args.rho
+    out = Path(args.out if args.out else "saved_models")
+    if args.triton:
+        from keras_lc.serving import write_triton_repository
+
+        root = write_triton_repository(model, out, args.name, args.version, fmt=args.format,
+                                       include_probs=args.probs)
+        print(f"[keras-lc] wrote Triton model {root}/ (config.pbtxt, {args.version}/model.py); "
+              f"serve it with: keras-lc serve --model-repository {out}")
+    elif args.format == "onnx":
+        from keras_lc.export import export_onnx
+
+        path = export_onnx(model, out / args.name / str(args.version) / "model.onnx", include_probs=args.probs)
+        print(f"[keras-lc] wrote {path} (inputs: images uint8 [B,H,W,3], rho float32 scalar)")
+    else:
+        from keras_lc.export import export_savedmodel
+
+        path = export_savedmodel(model, out, args.name, args.version, include_probs=args.probs)
+        print(f"[keras-lc] wrote SavedModel {path}/ (signatures: serving_default, serving_rho, serving_image_bytes, "
+              f"serving_image_bytes_rho)")
+
+
+def cmd_serve(args):
+    import signal as _signal
+    import threading
+
+    from keras_lc.serving import TritonServer
+
+    server = TritonServer(args.model_repository, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+                          log_file=args.log_file)
+    stop = threading.Event()
+    for sig in (_signal.SIGINT, _signal.SIGTERM):
+        _signal.signal(sig, lambda *_: stop.set())
+    server.start(timeout_s=args.timeout)
+    print(f"[keras-lc] Triton is serving {args.model_repository}: gRPC {args.host}:{args.grpc_port}, "
+          f"HTTP {args.host}:{args.http_port}. Ctrl-C (SIGINT) or SIGTERM stops it.", flush=True)
+    try:
+        while not stop.wait(0.5):
+            if server.process.poll() is not None:
+                raise SystemExit(f"keras-lc: tritonserver exited with {server.process.returncode}:\n{server.log_tail()}")
+    finally:
+        server.stop()
+        print("[keras-lc] server stopped.", flush=True)
+
+
+def _predict_remote(args, items):
+    import numpy as np
+
+    from keras_lc.viz import stage_panel, write_png
+
+    if args.protocol == "triton":
+        from keras_lc.serving import TritonClient
+
+        scheme = args.server.split("://", 1)[0] if "://" in args.server else "grpc"
+        client = TritonClient(args.server, args.model_name, protocol="http" if scheme == "http" else "grpc")
+    else:
+        from keras_lc.serving import TFServingClient
+
+        client = TFServingClient(args.server, args.model_name)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, image, truth in items:
+        result = client.predict(image[None], rho=args.rho)
+        labels, stage = result["labels"][0], result["stage"][0]
+        num_classes = int(max(labels.max() + 1, 2))
+        write_png(out / f"{name}.png", stage_panel(image, labels, stage, num_classes, truth))
+        share = np.bincount(stage.ravel(), minlength=4)[1:] / stage.size
+        print(f"{name}: stage 1/2/3 decided " + " / ".join(f"{100 * s:.1f}%" for s in share))
+    print(f"[keras-lc] wrote {len(items)} PNGs from {args.protocol} at {args.server} to {out}/")
+
+
 def build_parser():
     from keras_lc import __version__
 
@@ -269,8 +350,11 @@ def build_parser():
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="write a PNG per image: labels and the deciding stage")
-    p.add_argument("model", help="a .keras file")
+    p.add_argument("model", nargs="?", help="a .keras file (not needed with --server)")
     p.add_argument("images", nargs="*", help="image files; default: synthetic validation scenes")
+    p.add_argument("--server", default=None, help="ask a server instead: grpc://HOST:PORT (or http:// for Triton)")
+    p.add_argument("--protocol", default="triton", choices=["triton", "tfserving"])
+    p.add_argument("--model-name", default="lc", help="the served model's name")
     p.add_argument("--out", default="predictions", help="output folder for PNGs")
     p.add_argument("--rho", type=_rho, default=None)
     p.add_argument("--num-images", type=int, default=8, help="synthetic scenes when no images are given")
@@ -299,6 +383,26 @@ def build_parser():
     p.add_argument("--repeats", type=int, default=5)
     _add_data_args(p, num_images=64)
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("export", help="SavedModel (TF Serving layout), ONNX, or a Triton model repository")
+    p.add_argument("model")
+    p.add_argument("--name", default="lc")
+    p.add_argument("--version", type=int, default=1)
+    p.add_argument("--out", default=None, help="folder (default saved_models/); with --triton, the repository")
+    p.add_argument("--format", default="savedmodel", choices=["savedmodel", "onnx"])
+    p.add_argument("--triton", action="store_true", help="write a Triton model repository (Python backend)")
+    p.add_argument("--probs", action="store_true", help="also output probs [B,H,W,K] (larger responses)")
+    p.add_argument("--rho", type=_rho, default=None, help="the default rho of the export (default: the model's)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="run the real Triton server on a model repository")
+    p.add_argument("--model-repository", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--timeout", type=float, default=180, help="seconds to wait for readiness")
+    p.add_argument("--log-file", default=None)
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("bench", help="images/s of the cascade at each rho vs the same weights run densely")
     p.add_argument("model")

@@ -122,14 +122,21 @@ def export_onnx(model, path, include_probs=False, opset=17):
         import tf2onnx
     except ImportError:
         raise ImportError("ONNX export needs the [onnx] extra: pip install 'keras_lc[onnx]'") from None
-    fn = serving_functions(model, include_probs)["serving_rho"]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tf2onnx.convert.from_function(
-        fn,
-        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images"),
-                         tf.TensorSpec([], tf.float32, name="rho")],
-        opset=opset,
-        output_path=str(path),
-    )
+    # tf2onnx loses the kernel shapes of convolutions inside a tf.cond branch, so the ONNX
+    # graph has no automatic dense fallback: region stages always take the gather/scatter path
+    # (same outputs; the fallback is only a speed choice).
+    threshold, model.dense_threshold = model.dense_threshold, None
+    try:
+        fn = serving_functions(model, include_probs)["serving_rho"]
+        tf2onnx.convert.from_function(
+            fn,
+            input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images"),
+                             tf.TensorSpec([], tf.float32, name="rho")],
+            opset=opset,
+            output_path=str(path),
+        )
+    finally:
+        model.dense_threshold = threshold
     return path

@@ -54,7 +54,7 @@ class TritonPythonModel:
     def _run(self, images, rho):
         if FORMAT == "onnx":
             names = [o.name for o in self.session.get_outputs()]
-            values = self.session.run(None, {{"images": images, "rho": np.float32(rho)}})
+            values = self.session.run(None, {{"images": images, "rho": np.array(rho, np.float32)}})
             return dict(zip(names, values))
         out = self.signature(images=self.tf.constant(images), rho=self.tf.constant(rho, self.tf.float32))
         return {{k: v.numpy() for k, v in out.items()}}
@@ -198,7 +198,7 @@ class TritonServer:
             f"--cache-directory={dist / 'caches'}",
             f"--http-address={self.host}", f"--http-port={self.http_port}",
             f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
-            "--allow-metrics=false", "--strict-readiness=true", "--exit-on-error=true",
+            "--allow-metrics=false", "--strict-readiness=true", "--exit-on-error=true", "--exit-timeout-secs=5",
         ]
 
     def start(self, timeout_s=120):

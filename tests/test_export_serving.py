@@ -1,0 +1,221 @@
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import SMALL
+
+from keras_lc import build_model
+from keras_lc.data import synthetic_arrays
+from keras_lc.export import SIGNATURES, export_onnx, export_savedmodel
+
+
+@pytest.fixture(scope="module")
+def model():
+    tf.keras.utils.set_random_seed(3)
+    m = build_model("tiny", num_classes=4, rho=0.6, ignore_class=4, **SMALL)
+    # a quick fit so that the stages really split the pixels
+    images, labels = synthetic_arrays(16, 32, 32, num_classes=4, seed=1)
+    m.compile(optimizer=tf.keras.optimizers.Adam(3e-3))
+    m.fit(images, labels, batch_size=8, epochs=6, verbose=0)
+    return m
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    random = np.random.default_rng(0).integers(0, 256, (2, 32, 40, 3)).astype(np.uint8)
+    scenes, _ = synthetic_arrays(2, 32, 40, num_classes=4, seed=9)
+    return {"random": random, "scenes": scenes}
+
+
+@pytest.fixture(scope="module")
+def saved(model, tmp_path_factory):
+    return export_savedmodel(model, tmp_path_factory.mktemp("sm"), "lc", 1)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_savedmodel_layout_and_same_labels(model, saved, inputs):
+    assert saved.name == "1" and saved.parent.name == "lc" and (saved / "saved_model.pb").is_file()
+    loaded = tf.saved_model.load(str(saved))
+    assert set(loaded.signatures) == set(SIGNATURES)
+    for x in inputs.values():
+        ref = model(x)
+        out = loaded.signatures["serving_default"](images=tf.constant(x))
+        assert set(out) == {"labels", "stage"}
+        assert out["labels"].dtype == tf.int32 and out["stage"].dtype == tf.uint8
+        np.testing.assert_array_equal(out["labels"], ref["labels"])
+        np.testing.assert_array_equal(out["stage"], ref["stage"])
+        for rho in (1.0, 0.3):
+            out = loaded.signatures["serving_rho"](images=tf.constant(x), rho=tf.constant(rho))
+            np.testing.assert_array_equal(out["labels"], model(x, rho=rho)["labels"])
+        png = [tf.io.encode_png(im).numpy() for im in x]
+        out = loaded.signatures["serving_image_bytes"](image_bytes=tf.constant(png))
+        np.testing.assert_array_equal(out["labels"], ref["labels"])
+        out = loaded.signatures["serving_image_bytes_rho"](image_bytes=tf.constant(png), rho=tf.constant(1.0))
+        assert np.all(out["stage"].numpy() == 3)
+
+
+def test_savedmodel_rejects_bad_requests(saved):
+    loaded = tf.saved_model.load(str(saved))
+    x = tf.zeros([1, 16, 16, 3], tf.uint8)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="rho must be in"):
+        loaded.signatures["serving_rho"](images=x, rho=tf.constant(1.5))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="non-zero height"):
+        loaded.signatures["serving_default"](images=tf.zeros([1, 0, 16, 3], tf.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image file format"):
+        loaded.signatures["serving_image_bytes"](image_bytes=tf.constant([b"not an image"]))
+    with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError)):
+        loaded.signatures["serving_default"](images=tf.zeros([1, 16, 16, 3], tf.float32))
+
+
+def test_probs_only_when_asked(model, tmp_path, inputs):
+    path = export_savedmodel(model, tmp_path, "lcp", 2, include_probs=True)
+    out = tf.saved_model.load(str(path)).signatures["serving_default"](images=tf.constant(inputs["random"]))
+    assert out["probs"].shape == (2, 32, 40, 4)
+    with pytest.raises(ValueError, match="version"):
+        export_savedmodel(model, tmp_path, "lcp", 0)
+
+
+def test_onnx_matches_tensorflow(model, tmp_path, inputs):
+    import onnxruntime as ort
+
+    path = export_onnx(model, tmp_path / "m.onnx", include_probs=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    for x in inputs.values():
+        for rho in (0.6, 1.0, 0.3):
+            got = dict(zip(names, session.run(None, {"images": x, "rho": np.array(rho, np.float32)})))
+            ref = model(x, rho=rho)
+            np.testing.assert_allclose(got["probs"], ref["probs"], atol=1e-4)
+            np.testing.assert_array_equal(got["stage"], ref["stage"])
+            np.testing.assert_array_equal(got["labels"], ref["labels"])
+
+
+def test_tfserving_client_against_in_process_servicer(model, saved, inputs):
+    from tfserving_fixture import start_server
+
+    from keras_lc.serving import TFServingClient
+
+    server, port = start_server(saved, "lc")
+    try:
+        client = TFServingClient(f"grpc://127.0.0.1:{port}", "lc")
+        meta = client.metadata()
+        assert meta.model_spec.name == "lc" and "signature_def" in meta.metadata
+        x = inputs["scenes"]
+        out = client.predict(x)
+        np.testing.assert_array_equal(out["labels"], model(x)["labels"])
+        out = client.predict(x, rho=1.0)
+        assert np.all(out["stage"] == 3)
+        png = [tf.io.encode_png(im).numpy() for im in x]
+        np.testing.assert_array_equal(client.predict(image_bytes=png)["labels"], model(x)["labels"])
+        import grpc
+
+        with pytest.raises(grpc.RpcError, match="rho must be in"):
+            client.predict(x, rho=2.0)
+        np.testing.assert_array_equal(client.predict(x)["labels"], model(x)["labels"])  # still serving
+        client.close()
+    finally:
+        server.stop(0)
+
+
+# --------------------------------------------------------------------------------- Triton
+@pytest.fixture(scope="module")
+def triton(model, tmp_path_factory):
+    pytest.importorskip("pytriton", reason="the [serve] extra is not installed")
+    from keras_lc.serving import TritonServer, write_triton_repository
+
+    repo = tmp_path_factory.mktemp("repo")
+    write_triton_repository(model, repo, "lc", 1)
+    write_triton_repository(model, repo, "lc_onnx", 1, fmt="onnx")
+    server = TritonServer(repo, http_port=_free_port(), grpc_port=_free_port(), log_file=str(repo / "server.log"))
+    server.start(timeout_s=180)
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.parametrize("name", ["lc", "lc_onnx"])
+def test_triton_end_to_end(triton, model, inputs, protocol, name):
+    from keras_lc.serving import TritonClient
+
+    port = triton.grpc_port if protocol == "grpc" else triton.http_port
+    client = TritonClient(f"{protocol}://127.0.0.1:{port}", name, protocol=protocol)
+    assert client.ready()
+    for x in inputs.values():
+        out = client.predict(x)
+        np.testing.assert_array_equal(out["labels"], model(x)["labels"])
+        np.testing.assert_array_equal(out["stage"], model(x)["stage"])
+    x = inputs["scenes"]
+    assert np.all(client.predict(x, rho=1.0)["stage"] == 3)
+    np.testing.assert_array_equal(client.predict(x, rho=0.3)["labels"], model(x, rho=0.3)["labels"])
+    png = [tf.io.encode_png(im).numpy() for im in x]
+    np.testing.assert_array_equal(client.predict(image_bytes=png)["labels"], model(x)["labels"])
+
+
+def test_triton_bad_requests_get_errors_and_server_keeps_serving(triton, model, inputs):
+    from tritonclient.utils import InferenceServerException
+
+    from keras_lc.serving import TritonClient
+
+    client = TritonClient(f"127.0.0.1:{triton.grpc_port}", "lc", protocol="grpc")
+    x = inputs["scenes"]
+    bad = [
+        (dict(images=x.astype(np.float32)), "(?i)data type|datatype|FP32|unexpected"),
+        (dict(images=x[0, :4]), "(?i)shape|dims"),
+        (dict(images=np.zeros((1, 0, 8, 3), np.uint8)), "(?i)empty|zero|shape"),
+        (dict(image_bytes=[b"garbage"]), "not a PNG/JPEG"),
+        (dict(images=x, rho=1.5), "rho must be in"),
+        (dict(images=x, rho=0.0), "rho must be in"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(InferenceServerException, match=message):
+            client.predict(**kwargs)
+        np.testing.assert_array_equal(client.predict(x)["labels"], model(x)["labels"])  # still serving
+
+
+def test_cli_export_and_serve_stop_cleanly(model, tmp_path, inputs):
+    pytest.importorskip("pytriton", reason="the [serve] extra is not installed")
+    from keras_lc.cli import main
+    from keras_lc.serving import TritonClient
+
+    model.save(tmp_path / "m.keras")
+    main(["export", str(tmp_path / "m.keras"), "--name", "lc", "--out", str(tmp_path / "sm")])
+    assert (tmp_path / "sm" / "lc" / "1" / "saved_model.pb").is_file()
+    main(["export", str(tmp_path / "m.keras"), "--format", "onnx", "--out", str(tmp_path / "sm")])
+    assert (tmp_path / "sm" / "lc" / "1" / "model.onnx").is_file()
+    main(["export", str(tmp_path / "m.keras"), "--triton", "--out", str(tmp_path / "repo")])
+    assert (tmp_path / "repo" / "lc" / "config.pbtxt").is_file()
+    http, grpc_port = _free_port(), _free_port()
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen([sys.executable, "-m", "keras_lc.cli", "serve", "--model-repository", str(tmp_path / "repo"),
+                             "--http-port", str(http), "--grpc-port", str(grpc_port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 180
+        line = ""
+        while time.time() < deadline and "is serving" not in line:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "serve exited early"
+        out = TritonClient(f"127.0.0.1:{grpc_port}", "lc").predict(inputs["scenes"])
+        np.testing.assert_array_equal(out["labels"], model(inputs["scenes"])["labels"])
+        image = tmp_path / "x.png"
+        image.write_bytes(tf.io.encode_png(inputs["scenes"][0]).numpy())
+        main(["predict", "--server", f"grpc://127.0.0.1:{grpc_port}", "--protocol", "triton", str(image),
+              "--out", str(tmp_path / "remote")])
+        assert (tmp_path / "remote" / "x.png").is_file()
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "server stopped" in rest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
