@@ -20,8 +20,11 @@ def _rho(text):
 
 
 def _add_data_args(p, num_images):
-    g = p.add_argument_group("data (synthetic scenes; needs no files)")
-    g.add_argument("--data", default="synthetic", choices=["synthetic"], help="dataset (default: synthetic)")
+    g = p.add_argument_group("data (default: synthetic scenes, which need no files)")
+    g.add_argument("--data", default="synthetic", choices=["synthetic", "camvid"],
+                   help="synthetic, or camvid: any folder in the CamVid layout (--data-dir)")
+    g.add_argument("--data-dir", default=None, help="dataset root: <split>/images, <split>/labels, classes.json")
+    g.add_argument("--crop", type=int, default=256, help="training crop size for directory datasets")
     g.add_argument("--num-images", type=int, default=num_images, help=f"images (default {num_images})")
     g.add_argument("--image-size", type=int, default=96, help="synthetic image height=width (default 96)")
     g.add_argument("--num-classes", type=int, default=5, help="synthetic classes (default 5; void = K)")
@@ -31,6 +34,15 @@ def _add_data_args(p, num_images):
 
 def _dataset(args, split, shuffle=False):
     from keras_lc.data import synthetic
+
+    if args.data != "synthetic":
+        from keras_lc.data import directory_dataset
+
+        if not args.data_dir:
+            raise SystemExit(f"keras-lc: --data {args.data} needs --data-dir")
+        training = shuffle and split == "train"
+        return directory_dataset(args.data_dir, split, args.batch_size, training=training,
+                                 crop_size=(args.crop, args.crop), seed=args.seed)
 
     seed = args.seed if split == "train" else args.seed + 1000
     n = args.num_images if split == "train" else getattr(args, "val_images", args.num_images)
@@ -43,7 +55,23 @@ def _dataset(args, split, shuffle=False):
 def _class_names(args, model):
     from keras_lc.data import class_names
 
+    if getattr(args, "data", "synthetic") != "synthetic" and args.data_dir:
+        from keras_lc.data import read_classes
+
+        return read_classes(args.data_dir)["names"]
     return class_names(model.num_classes)
+
+
+def _data_classes(args):
+    """(num_classes, ignore_class, description) of the chosen dataset."""
+    if args.data == "synthetic":
+        return args.num_classes, args.num_classes, f"{args.num_images} synthetic {args.image_size}x{args.image_size} scenes"
+    from keras_lc.data import read_classes
+
+    if not args.data_dir:
+        raise SystemExit(f"keras-lc: --data {args.data} needs --data-dir")
+    info = read_classes(args.data_dir)
+    return info["num_classes"], info["ignore_index"], f"{args.data} from {args.data_dir} ({args.crop}px crops)"
 
 
 def _load(path):
@@ -73,13 +101,18 @@ def cmd_train(args):
         callbacks.append(watchdog.callback())
     strategy = make_strategy(args.strategy, timeout_s=args.timeout)
     keras.utils.set_random_seed(args.seed)
+    num_classes, ignore, described = _data_classes(args)
+    backbone_kwargs = {"width": args.width} if args.width else {}
+    if args.width:
+        backbone_kwargs.update(bottleneck_channels=args.width, head_channels=args.width)
     with strategy.scope():
-        model = build_model(args.backbone, num_classes=args.num_classes, rho=args.rho, ignore_class=args.num_classes)
+        model = build_model(args.backbone, num_classes=num_classes, rho=args.rho, ignore_class=ignore,
+                            **backbone_kwargs)
     train = _dataset(args, "train", shuffle=True)
     val = _dataset(args, "val")
-    print(f"[keras-lc] training LC-{args.backbone} ({model.count_params():,} parameters) on {args.num_images} "
-          f"synthetic {args.image_size}x{args.image_size} scenes; {strategy.num_replicas_in_sync} replica(s), "
-          f"global batch {args.batch_size}, {args.precision}; output in {args.out}")
+    print(f"[keras-lc] training LC-{args.backbone} ({model.count_params():,} parameters) on {described}; "
+          f"{strategy.num_replicas_in_sync} replica(s), global batch {args.batch_size}, {args.precision}; "
+          f"output in {args.out}")
     train_cascade(model, train, val, args.out, args.initial_epochs, args.cascade_epochs, args.learning_rate,
                   strategy=strategy, optimizer=args.optimizer, callbacks=callbacks,
                   verbose=1 if sys.stdout.isatty() else 2)
@@ -94,7 +127,7 @@ def cmd_evaluate(args):
     model = _load(args.model)
     if args.num_classes != model.num_classes:
         args.num_classes = model.num_classes
-    result = evaluate_cascade(model, _dataset(args, "val"), rho=args.rho, class_names=_class_names(args, model))
+    result = evaluate_cascade(model, _dataset(args, args.split), rho=args.rho, class_names=_class_names(args, model))
     print(format_report(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
@@ -204,7 +237,7 @@ def cmd_analyze(args):
     args.num_classes = model.num_classes
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = analyze_model(model, _dataset(args, args.split), class_names(model.num_classes), rhos=args.rhos,
+    result = analyze_model(model, _dataset(args, args.split), _class_names(args, model), rhos=args.rhos,
                            threshold=args.threshold, repeats=args.repeats)
     plot_difficulty(result["fig1b"], out / "fig1b_difficulty.png")
     plot_stage_share(result["fig5"], out / "fig5_stage_share.png")
@@ -326,6 +359,7 @@ def build_parser():
 
     p = sub.add_parser("train", help="train a cascade: initial (DSN) then cascade training; resumable")
     p.add_argument("--backbone", default="tiny")
+    p.add_argument("--width", type=int, default=None, help="tiny backbone: channels (default 64)")
     p.add_argument("--rho", type=_rho, default=0.95, help="confidence threshold in (0, 1] (default 0.95)")
     p.add_argument("--initial-epochs", type=int, default=8)
     p.add_argument("--cascade-epochs", type=int, default=6)
@@ -346,6 +380,7 @@ def build_parser():
     p.add_argument("model", help="a .keras file")
     p.add_argument("--rho", type=_rho, default=None, help="evaluate at this rho (default: the model's)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    p.add_argument("--split", default="val", choices=["train", "val"])
     _add_data_args(p, num_images=64)
     p.set_defaults(func=cmd_evaluate)
 

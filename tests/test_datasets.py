@@ -1,0 +1,117 @@
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_lc.data import directory_dataset, list_pairs, random_scale_crop_flip, read_classes
+
+
+def _write(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(tf.io.encode_png(array).numpy())
+
+
+@pytest.fixture
+def camvid_like(tmp_path):
+    """A tiny CamVid-layout folder: 3 train and 2 val frames of 24x32, 4 classes, void 4."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "classes.json").write_text(json.dumps(
+        {"num_classes": 4, "ignore_index": 4, "names": ["a", "b", "c", "d", "void"]}))
+    for split, n in (("train", 3), ("val", 2)):
+        for i in range(n):
+            _write(tmp_path / split / "images" / f"f{i}.png", rng.integers(0, 256, (24, 32, 3)).astype(np.uint8))
+            _write(tmp_path / split / "labels" / f"f{i}.png", rng.integers(0, 5, (24, 32, 1)).astype(np.uint8))
+    return tmp_path
+
+
+def test_reads_validation_split_exactly(camvid_like):
+    ds = directory_dataset(camvid_like, "val", batch_size=2)
+    images, labels = next(iter(ds))
+    assert images.shape == (2, 24, 32, 3) and images.dtype == tf.uint8
+    assert labels.shape == (2, 24, 32) and labels.dtype == tf.int32
+    expected = tf.io.decode_png(tf.io.read_file(str(camvid_like / "val" / "labels" / "f0.png")))[..., 0]
+    np.testing.assert_array_equal(labels[0], expected)
+    assert read_classes(camvid_like)["names"] == ["a", "b", "c", "d"]
+
+
+def test_training_pipeline_crops_and_keeps_void(camvid_like):
+    ds = directory_dataset(camvid_like, "train", batch_size=2, training=True, crop_size=(40, 40), scale_range=(1, 1))
+    images, labels = next(iter(ds))
+    assert images.shape == (2, 40, 40, 3) and labels.shape == (2, 40, 40)
+    assert set(np.unique(labels)) <= {0, 1, 2, 3, 4}
+    # a 24x32 frame padded to 40x40: at least 40*40-24*32 pixels are void
+    assert (labels.numpy() == 4).sum(axis=(1, 2)).min() >= 40 * 40 - 24 * 32
+
+
+def test_scale_crop_flip_keeps_pairs_aligned():
+    image = np.zeros((20, 20, 3), np.uint8)
+    image[:, :10] = 200
+    label = np.zeros((20, 20), np.int32)
+    label[:, :10] = 1
+    tf.random.set_seed(0)
+    for _ in range(5):
+        im, lb = random_scale_crop_flip(image, label, (16, 16), (0.8, 1.5), ignore_label=9)
+        im, lb = im.numpy(), lb.numpy()
+        bright = im[..., 0] > 150
+        assert np.mean(bright == (lb == 1)) > 0.9  # image and label moved together
+
+
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        ("missing_dir", "dataset folder not found"),
+        ("no_labels_dir", "missing folder"),
+        ("empty", "no images"),
+        ("count", "3 images .* but 2 labels"),
+        ("name", "names differ"),
+        ("corrupt", "f1.png is not a PNG"),
+        ("no_classes", "classes.json"),
+    ],
+)
+def test_clear_errors(camvid_like, breakage, message):
+    root = camvid_like
+    if breakage == "missing_dir":
+        root = camvid_like / "nope"
+    elif breakage == "no_labels_dir":
+        for p in (camvid_like / "train" / "labels").iterdir():
+            p.unlink()
+        (camvid_like / "train" / "labels").rmdir()
+    elif breakage == "empty":
+        for p in (camvid_like / "train" / "images").iterdir():
+            p.unlink()
+    elif breakage == "count":
+        (camvid_like / "train" / "labels" / "f2.png").unlink()
+    elif breakage == "name":
+        (camvid_like / "train" / "labels" / "f2.png").rename(camvid_like / "train" / "labels" / "g2.png")
+    elif breakage == "corrupt":
+        (camvid_like / "train" / "images" / "f1.png").write_bytes(b"garbage")
+    elif breakage == "no_classes":
+        (camvid_like / "classes.json").unlink()
+    with pytest.raises(ValueError, match=message):
+        directory_dataset(root, "train")
+
+
+def test_label_out_of_range_names_the_file(camvid_like):
+    _write(camvid_like / "val" / "labels" / "f1.png", np.full((24, 32, 1), 7, np.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="f1.png"):
+        list(directory_dataset(camvid_like, "val", batch_size=1))
+
+
+def test_list_pairs_sorted(camvid_like):
+    images, labels = list_pairs(camvid_like, "train")
+    assert [p.split("/")[-1] for p in images] == ["f0.png", "f1.png", "f2.png"]
+
+
+def test_cli_on_a_camvid_layout_folder(camvid_like, tmp_path, capsys):
+    from keras_lc.cli import main
+
+    out = tmp_path / "run"
+    main(["train", "--data", "camvid", "--data-dir", str(camvid_like), "--crop", "32", "--batch-size", "2",
+          "--initial-epochs", "1", "--cascade-epochs", "1", "--width", "16", "--out", str(out)])
+    main(["evaluate", str(out / "model.keras"), "--data", "camvid", "--data-dir", str(camvid_like),
+          "--split", "val", "--json", str(tmp_path / "e.json")])
+    text = capsys.readouterr().out
+    assert "mIoU" in text and "\na " in text  # class names from classes.json
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["num_images"] == 2 and set(result["per_class_iou"]) == {"a", "b", "c", "d"}
