@@ -358,6 +358,7 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a cascade: initial (DSN) then cascade training; resumable")
+    p.add_argument("--recipe", default=None, help="a TOML file of these options (recipes/*.toml)")
     p.add_argument("--backbone", default="tiny")
     p.add_argument("--width", type=int, default=None, help="tiny backbone: channels (default 64)")
     p.add_argument("--rho", type=_rho, default=0.95, help="confidence threshold in (0, 1] (default 0.95)")
@@ -452,8 +453,35 @@ def build_parser():
     return parser
 
 
+def _apply_recipe(parser, argv):
+    """`train --recipe FILE.toml`: the recipe's keys become the defaults; command-line flags still win."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "train" or "--recipe" not in argv:
+        return argv
+    import tomllib
+
+    i = argv.index("--recipe")
+    if i + 1 >= len(argv):
+        raise SystemExit("keras-lc: --recipe needs a .toml file")
+    path = Path(argv[i + 1])
+    if not path.is_file():
+        raise SystemExit(f"keras-lc: recipe not found: {path}")
+    try:
+        recipe = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise SystemExit(f"keras-lc: recipe {path} is not valid TOML: {e}") from None
+    train = parser._subparsers._group_actions[0].choices["train"]
+    known = {a.dest for a in train._actions}
+    unknown = sorted(set(recipe) - known)
+    if unknown:
+        raise SystemExit(f"keras-lc: recipe {path} has unknown keys: {', '.join(unknown)}")
+    train.set_defaults(**recipe)
+    return argv[:i] + argv[i + 2:]
+
+
 def main(argv=None):
     parser = build_parser()
+    argv = _apply_recipe(parser, argv)
     args = parser.parse_args(argv)
     try:
         args.func(args)

@@ -81,3 +81,30 @@ def test_interrupted_training_resumes(tmp_path):
     loaded = keras.models.load_model(tmp_path / "model.keras")
     x = np.zeros((1, 32, 32, 3), np.uint8)
     np.testing.assert_allclose(loaded(x)["probs"], fresh(x)["probs"], atol=1e-6)
+
+
+def test_recipe_sets_defaults_and_flags_win(tmp_path, monkeypatch):
+    import keras_lc.cli as cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "cmd_train", lambda args: seen.update(vars(args)))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('data = "synthetic"\ninitial_epochs = 3\nrho = 0.9\nout = "x"\n')
+    cli.main(["train", "--recipe", str(recipe), "--rho", "0.8"])
+    assert seen["initial_epochs"] == 3 and seen["rho"] == 0.8 and seen["out"] == "x"
+    recipe.write_text("epochz = 3\n")
+    with pytest.raises(SystemExit, match="unknown keys: epochz"):
+        cli.main(["train", "--recipe", str(recipe)])
+    with pytest.raises(SystemExit, match="not found"):
+        cli.main(["train", "--recipe", str(tmp_path / "none.toml")])
+
+
+def test_shipped_recipes_parse():
+    from pathlib import Path
+
+    import keras_lc.cli as cli
+
+    for recipe in sorted(Path(__file__).parents[1].glob("recipes/*.toml")):
+        parser = cli.build_parser()
+        args = parser.parse_args(cli._apply_recipe(parser, ["train", "--recipe", str(recipe)]))
+        assert args.initial_epochs > 0 and args.out
