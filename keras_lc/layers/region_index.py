@@ -106,11 +106,12 @@ class RegionIndex:
         return tf.tensor_scatter_nd_add(x, self.coords, values)
 
     def neighbours(self, kernel_size, dilation_rate):
-        """Flat neighbour indices `[N, kh*kw]` and validity `[N, kh*kw, 1]`.
+        """Flat neighbour indices `[N, kh*kw]` into the map with one zero row appended.
 
-        Out-of-image neighbours are clamped to a valid index and masked to zero
-        ('same' zero padding) instead of padding the whole map: the cost stays
-        proportional to N. Cached per (kernel, dilation) for the stage.
+        A neighbour outside the image points at index B*H*W, the appended zero row: this is
+        'same' zero padding at a cost proportional to N, with no mask to multiply (cheaper than
+        padding the whole map per conv, or masking the gathered patches). Cached per
+        (kernel, dilation), so the convs of a stage share it.
         """
         if self.dense:
             raise RuntimeError("neighbours() is only defined for sparse regions.")
@@ -123,18 +124,18 @@ class RegionIndex:
             ny = self._y[:, None] + oy[None, :]  # [N, kh*kw]
             nx = self._x[:, None] + ox[None, :]
             valid = (ny >= 0) & (ny < self.height) & (nx >= 0) & (nx < self.width)
-            ny = tf.clip_by_value(ny, 0, self.height - 1)
-            nx = tf.clip_by_value(nx, 0, self.width - 1)
             flat = (self._b[:, None] * self.height + ny) * self.width + nx
-            self._neighbours[key] = (flat, tf.cast(valid, tf.float32)[..., None])
+            pad_row = self.batch * self.height * self.width
+            self._neighbours[key] = tf.where(valid, flat, pad_row)
         return self._neighbours[key]
 
     def gather_neighbourhoods(self, x, kernel_size, dilation_rate):
         """Dense `[B, H, W, C]` -> `[N, kh*kw*C]`, ordered (ky, kx, c) like a Conv2D kernel."""
-        flat, valid = self.neighbours(kernel_size, dilation_rate)
+        flat = self.neighbours(kernel_size, dilation_rate)
         channels = tf.shape(x)[-1]
         flat_x = tf.reshape(x, [-1, channels])
-        patches = tf.gather(flat_x, flat) * tf.cast(valid, x.dtype)  # [N, kh*kw, C]
+        flat_x = tf.concat([flat_x, tf.zeros([1, channels], x.dtype)], axis=0)
+        patches = tf.gather(flat_x, flat)  # [N, kh*kw, C]
         kh, kw = kernel_size
         return tf.reshape(patches, [-1, kh * kw * channels])
 
