@@ -15,7 +15,22 @@ def _tiny(width=64, stem_channels=32, stage1_blocks=2, bottleneck_channels=64,
     return stages, {"hidden_channels": head_channels}
 
 
-BACKBONES = {"tiny": _tiny}
+def _irnet(block_counts=(5, 10, 5), head_channels=256):
+    from keras_lc.models.inception_resnet_v2 import irnet_stages
+
+    return irnet_stages(block_counts), {"hidden_channels": head_channels}
+
+
+def _resnet(depth):
+    def build(head_channels=256):
+        from keras_lc.models.resnet import resnet_stages
+
+        return resnet_stages(depth), {"hidden_channels": head_channels}
+
+    return build
+
+
+BACKBONES = {"tiny": _tiny, "irnet": _irnet, "resnet50": _resnet("resnet50"), "resnet101": _resnet("resnet101")}
 
 
 def build_model(backbone="tiny", num_classes=5, rho=0.985, input_shape=(None, None, 3), ignore_class=None,
@@ -23,7 +38,9 @@ def build_model(backbone="tiny", num_classes=5, rho=0.985, input_shape=(None, No
     """Build a LayerCascade on a named backbone.
 
     Args:
-        backbone: one of `keras_lc.models.factory.BACKBONES` ("tiny").
+        backbone: one of `keras_lc.models.factory.BACKBONES`: "tiny" (CPU), "irnet"
+            (Inception-ResNet-v2 LC, output stride 8; `block_counts=(5, 10, 5)`), "resnet50",
+            "resnet101" (dilated ResNet-LC, output stride 8).
         num_classes: int K (labels 0..K-1).
         rho: float in (0, 1].
         input_shape: `(H, W, 3)`, H and W may be None.
