@@ -4,6 +4,8 @@ import argparse
 import json
 import os
 
+import numpy as np
+
 import sys
 from pathlib import Path
 
@@ -350,6 +352,31 @@ def _predict_remote(args, items):
     print(f"[keras-lc] wrote {len(items)} PNGs from {args.protocol} at {args.server} to {out}/")
 
 
+def cmd_summary(args):
+    import keras
+
+    from keras_lc import build_model
+
+    kwargs = {"block_counts": tuple(args.block_counts)} if args.block_counts else {}
+    model = build_model(args.backbone, num_classes=args.num_classes, **kwargs)
+    x = np.zeros((1, args.size, args.size, 3), np.uint8)
+    out = model(x, rho=1.0)
+    h = out["stage1"].shape[1]
+    count = lambda layer: sum(int(np.prod(w.shape)) for w in layer.weights)  # noqa: E731
+    print(f"LC-{args.backbone} ({args.num_classes} classes), input {args.size}x{args.size} -> stage maps {h}x{h} "
+          f"(output stride {args.size // h})")
+    print(f"{'':<10}{'backbone':>14}{'head':>12}")
+    for k in range(3):
+        print(f"{'stage ' + str(k + 1):<10}{count(model.stages[k]):>14,}{count(model.heads[k]):>12,}")
+    print(f"{'total':<10}{model.count_params():>26,}")
+    apps = {"irnet": "InceptionResNetV2", "resnet50": "ResNet50", "resnet101": "ResNet101"}
+    if args.backbone in apps:
+        app = getattr(keras.applications, apps[args.backbone])(include_top=False, weights=None,
+                                                               input_shape=(args.size, args.size, 3))
+        print(f"keras.applications.{apps[args.backbone]}(include_top=False): {app.count_params():,} parameters, "
+              f"{app.output_shape[1]}x{app.output_shape[2]} maps (nominal output stride 32), no heads")
+
+
 def build_parser():
     from keras_lc import __version__
 
@@ -419,6 +446,13 @@ def build_parser():
     p.add_argument("--repeats", type=int, default=5)
     _add_data_args(p, num_images=64)
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("summary", help="parameters per stage and head, compared with Keras Applications")
+    p.add_argument("--backbone", default="irnet")
+    p.add_argument("--num-classes", type=int, default=21)
+    p.add_argument("--block-counts", type=int, nargs=3, default=None, help="IRNet-LC: A B C block counts")
+    p.add_argument("--size", type=int, default=512)
+    p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("export", help="SavedModel (TF Serving layout), ONNX, or a Triton model repository")
     p.add_argument("model")
