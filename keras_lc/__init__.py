@@ -8,6 +8,7 @@ so `keras.models.load_model("m.keras")` works after `import keras_lc`.
 __version__ = "0.1.0"
 
 from keras_lc import data, layers, losses, metrics, models  # noqa: E402
-from keras_lc.models import LayerCascade, build_model  # noqa: E402
+from keras_lc.models import LayerCascade, build_model, load_imagenet_weights  # noqa: E402
 
-__all__ = ["LayerCascade", "__version__", "build_model", "data", "layers", "losses", "metrics", "models"]
+__all__ = ["LayerCascade", "__version__", "build_model", "data", "layers", "load_imagenet_weights", "losses",
+           "metrics", "models"]

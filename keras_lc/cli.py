@@ -189,6 +189,17 @@ def cmd_predict(args):
 def _images_and_truth(args, model):
     if args.images:
         return [(Path(p).stem, im, None) for p, im in zip(args.images, _read_images(args.images))]
+    if getattr(args, "data", "synthetic") != "synthetic":
+        from keras_lc.data import list_pairs
+
+        if not args.data_dir:
+            raise SystemExit(f"keras-lc: --data {args.data} needs --data-dir")
+        images, labels = list_pairs(args.data_dir, args.split)
+        items = []
+        for ip, lp in list(zip(images, labels))[: args.num_images]:
+            image, label = _read_images([ip])[0], _read_images([lp])[0][..., 0]
+            items.append((Path(ip).stem, image, label))
+        return items
     from keras_lc.data import synthetic_arrays
 
     ims, lbs = synthetic_arrays(args.num_images, args.image_size, args.image_size, model.num_classes,
@@ -207,7 +218,13 @@ def cmd_visualize(args):
         model.rho = args.rho
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    names = class_names(model.num_classes)
+    names, colours = class_names(model.num_classes), None
+    if args.data != "synthetic" and args.data_dir:
+        from keras_lc.data import read_classes
+        from keras_lc.viz import dataset_palette
+
+        info = read_classes(args.data_dir)
+        names, colours = info["names"], dataset_palette(info)
     writer = None
     if args.tensorboard:
         import tensorflow as tf
@@ -215,10 +232,10 @@ def cmd_visualize(args):
         writer = tf.summary.create_file_writer(args.tensorboard)
     for step, (name, image, truth) in enumerate(_images_and_truth(args, model)):
         result = {k: v[0].numpy() for k, v in model(image[None], training=False).items()}
-        fig = cascade_figure(image, result, names, truth, title=f"{name}  (rho = {model.rho:g})")
+        fig = cascade_figure(image, result, names, truth, title=f"{name}  (rho = {model.rho:g})", colours=colours)
         save_figure(fig, out / f"{name}.png")
         if writer is not None:
-            tiles = cascade_panel_array(image, result, model.num_classes, truth)
+            tiles = cascade_panel_array(image, result, model.num_classes, truth, colours)
             strip = np.concatenate([t for _, t in tiles], axis=1)
             with writer.as_default():
                 tf.summary.image(f"cascade/{name}", strip[None], step=0)
@@ -433,6 +450,10 @@ def build_parser():
     p.add_argument("--num-images", type=int, default=4)
     p.add_argument("--image-size", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default="synthetic", choices=["synthetic", "camvid"],
+                   help="without IMAGES: panels of this dataset's --split, with ground truth and its palette")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--split", default="val", choices=["train", "val"])
     p.set_defaults(func=cmd_visualize)
 
     p = sub.add_parser("analyze", help="the paper's Figs. 1b, 5, 7a, 7b as PNG plots + JSON")

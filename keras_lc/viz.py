@@ -29,9 +29,15 @@ def colourize(labels, colours):
     return out
 
 
-def stage_panel(image, labels, stage, num_classes, truth=None):
+def dataset_palette(info):
+    """The palette of a dataset's classes.json (`palette_rgb`, void last), or None."""
+    colours = info.get("palette_rgb") if info else None
+    return None if colours is None else np.asarray(colours, np.uint8)
+
+
+def stage_panel(image, labels, stage, num_classes, truth=None, colours=None):
     """One PNG-ready panel: image | [truth] | labels | deciding stage, `[H, W', 3]` uint8."""
-    colours = palette(num_classes)
+    colours = palette(num_classes) if colours is None else colours
     parts = [np.asarray(image, np.uint8)]
     if truth is not None:
         parts.append(colourize(truth, colours))
@@ -74,7 +80,7 @@ def stage_label_maps(outputs, height, width):
     return maps
 
 
-def cascade_panel_array(image, outputs, num_classes, truth=None):
+def cascade_panel_array(image, outputs, num_classes, truth=None, colours=None):
     """The panel's images as uint8 arrays, in order, with their titles.
 
     Stage k's map shows the labels of the pixels it decided; pixels it forwarded
@@ -82,7 +88,7 @@ def cascade_panel_array(image, outputs, num_classes, truth=None):
     """
     image = np.asarray(image, np.uint8)
     h, w = image.shape[:2]
-    colours = palette(num_classes)
+    colours = palette(num_classes) if colours is None else colours
     stage = np.asarray(outputs["stage"])
     tiles = [("image", image)]
     if truth is not None:
@@ -98,18 +104,18 @@ def cascade_panel_array(image, outputs, num_classes, truth=None):
     return tiles
 
 
-def cascade_figure(image, outputs, class_names, truth=None, title=None):
+def cascade_figure(image, outputs, class_names, truth=None, title=None, colours=None):
     """A matplotlib figure like the paper's Figs. 4/6, with a legend of classes and stages."""
     plt = _plt()
     from matplotlib.patches import Patch
 
-    tiles = cascade_panel_array(image, outputs, len(class_names), truth)
+    colours = palette(len(class_names)) if colours is None else colours
+    tiles = cascade_panel_array(image, outputs, len(class_names), truth, colours)
     fig, axes = plt.subplots(1, len(tiles), figsize=(2.6 * len(tiles), 2.9), squeeze=False)
     for ax, (name, tile) in zip(axes[0], tiles):
         ax.imshow(tile, interpolation="nearest")
         ax.set_title(name, fontsize=9)
         ax.axis("off")
-    colours = palette(len(class_names))
     handles = [Patch(color=colours[i] / 255.0, label=n) for i, n in enumerate(class_names)]
     handles += [Patch(color=STAGE_COLOURS[k] / 255.0, label=f"decided at stage {k}") for k in (1, 2, 3)]
     handles += [Patch(color=GREY_FORWARDED / 255.0, label="forwarded"), Patch(color=DARK_EARLIER / 255.0,

@@ -115,3 +115,23 @@ def test_cli_on_a_camvid_layout_folder(camvid_like, tmp_path, capsys):
     assert "mIoU" in text and "\na " in text  # class names from classes.json
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["num_images"] == 2 and set(result["per_class_iou"]) == {"a", "b", "c", "d"}
+
+
+def test_visualize_a_camvid_layout_folder_uses_its_palette(camvid_like, tmp_path):
+    from keras_lc import build_model
+    from keras_lc.cli import main
+    from keras_lc.viz import cascade_panel_array, dataset_palette
+
+    info = {"palette_rgb": [[1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12], [0, 0, 0]]}
+    colours = dataset_palette(info)
+    outputs = {"stage": np.ones((2, 2), np.uint8), "labels": np.full((2, 2), 3),
+               "stage1": np.eye(4, dtype=np.float32)[[3]].reshape(1, 1, 4).repeat(2, 0).repeat(2, 1),
+               "stage2": np.zeros((2, 2, 4), np.float32), "stage3": np.zeros((2, 2, 4), np.float32)}
+    tiles = dict(cascade_panel_array(np.zeros((2, 2, 3), np.uint8), outputs, 4, colours=colours))
+    assert (tiles["final labels"] == [10, 11, 12]).all()
+    model = build_model("tiny", num_classes=4, ignore_class=4, width=8, stem_channels=8, bottleneck_channels=8,
+                        head_channels=8)
+    model.save(tmp_path / "m.keras")
+    main(["visualize", str(tmp_path / "m.keras"), "--data", "camvid", "--data-dir", str(camvid_like),
+          "--num-images", "2", "--out", str(tmp_path / "vis")])
+    assert sorted(p.name for p in (tmp_path / "vis").glob("*.png")) == ["f0.png", "f1.png"]

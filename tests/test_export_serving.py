@@ -219,3 +219,18 @@ def test_cli_export_and_serve_stop_cleanly(model, tmp_path, inputs):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+CAMVID = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvid"
+
+
+@pytest.mark.skipif(not CAMVID.is_dir(), reason="real CamVid frames not present (../shared/data/camvid)")
+def test_savedmodel_same_labels_on_real_images(model, saved):
+    from keras_lc.data import list_pairs
+
+    images, _ = list_pairs(CAMVID, "val")
+    x = np.stack([tf.io.decode_png(tf.io.read_file(p), channels=3).numpy() for p in images[:2]])
+    out = tf.saved_model.load(str(saved)).signatures["serving_default"](images=tf.constant(x))
+    ref = model(x)
+    np.testing.assert_array_equal(out["labels"], ref["labels"])
+    np.testing.assert_array_equal(out["stage"], ref["stage"])
