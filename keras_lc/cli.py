@@ -23,8 +23,8 @@ def _rho(text):
 
 def _add_data_args(p, num_images):
     g = p.add_argument_group("data (default: synthetic scenes, which need no files)")
-    g.add_argument("--data", default="synthetic", choices=["synthetic", "camvid"],
-                   help="synthetic, or camvid: any folder in the CamVid layout (--data-dir)")
+    g.add_argument("--data", default="synthetic", choices=["synthetic", "camvid", "voc", "cityscapes"],
+                   help="synthetic, or a dataset folder (--data-dir) in the camvid, voc or cityscapes layout")
     g.add_argument("--data-dir", default=None, help="dataset root: <split>/images, <split>/labels, classes.json")
     g.add_argument("--crop", type=int, default=256, help="training crop size for directory datasets")
     g.add_argument("--num-images", type=int, default=num_images, help=f"images (default {num_images})")
@@ -44,7 +44,7 @@ def _dataset(args, split, shuffle=False):
             raise SystemExit(f"keras-lc: --data {args.data} needs --data-dir")
         training = shuffle and split == "train"
         return directory_dataset(args.data_dir, split, args.batch_size, training=training,
-                                 crop_size=(args.crop, args.crop), seed=args.seed)
+                                 crop_size=(args.crop, args.crop), seed=args.seed, layout=args.data)
 
     seed = args.seed if split == "train" else args.seed + 1000
     n = args.num_images if split == "train" else getattr(args, "val_images", args.num_images)
@@ -58,9 +58,9 @@ def _class_names(args, model):
     from keras_lc.data import class_names
 
     if getattr(args, "data", "synthetic") != "synthetic" and args.data_dir:
-        from keras_lc.data import read_classes
+        from keras_lc.data import read_info
 
-        return read_classes(args.data_dir)["names"]
+        return read_info(args.data_dir, args.data)["names"]
     return class_names(model.num_classes)
 
 
@@ -68,11 +68,11 @@ def _data_classes(args):
     """(num_classes, ignore_class, description) of the chosen dataset."""
     if args.data == "synthetic":
         return args.num_classes, args.num_classes, f"{args.num_images} synthetic {args.image_size}x{args.image_size} scenes"
-    from keras_lc.data import read_classes
+    from keras_lc.data import read_info
 
     if not args.data_dir:
         raise SystemExit(f"keras-lc: --data {args.data} needs --data-dir")
-    info = read_classes(args.data_dir)
+    info = read_info(args.data_dir, args.data)
     return info["num_classes"], info["ignore_index"], f"{args.data} from {args.data_dir} ({args.crop}px crops)"
 
 
@@ -190,15 +190,17 @@ def _images_and_truth(args, model):
     if args.images:
         return [(Path(p).stem, im, None) for p, im in zip(args.images, _read_images(args.images))]
     if getattr(args, "data", "synthetic") != "synthetic":
-        from keras_lc.data import list_pairs
+        from keras_lc.data import list_pairs, read_info
+        from keras_lc.data.datasets import _decode
 
         if not args.data_dir:
             raise SystemExit(f"keras-lc: --data {args.data} needs --data-dir")
-        images, labels = list_pairs(args.data_dir, args.split)
+        info = read_info(args.data_dir, args.data)
+        images, labels = list_pairs(args.data_dir, args.split, args.data)
         items = []
         for ip, lp in list(zip(images, labels))[: args.num_images]:
-            image, label = _read_images([ip])[0], _read_images([lp])[0][..., 0]
-            items.append((Path(ip).stem, image, label))
+            image, label = _decode(ip, lp, info["num_classes"], info["ignore_index"], args.data)
+            items.append((Path(ip).stem, image.numpy(), label.numpy()))
         return items
     from keras_lc.data import synthetic_arrays
 
@@ -220,10 +222,10 @@ def cmd_visualize(args):
     out.mkdir(parents=True, exist_ok=True)
     names, colours = class_names(model.num_classes), None
     if args.data != "synthetic" and args.data_dir:
-        from keras_lc.data import read_classes
+        from keras_lc.data import read_info
         from keras_lc.viz import dataset_palette
 
-        info = read_classes(args.data_dir)
+        info = read_info(args.data_dir, args.data)
         names, colours = info["names"], dataset_palette(info)
     writer = None
     if args.tensorboard:
@@ -450,7 +452,7 @@ def build_parser():
     p.add_argument("--num-images", type=int, default=4)
     p.add_argument("--image-size", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data", default="synthetic", choices=["synthetic", "camvid"],
+    p.add_argument("--data", default="synthetic", choices=["synthetic", "camvid", "voc", "cityscapes"],
                    help="without IMAGES: panels of this dataset's --split, with ground truth and its palette")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--split", default="val", choices=["train", "val"])

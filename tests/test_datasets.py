@@ -135,3 +135,46 @@ def test_visualize_a_camvid_layout_folder_uses_its_palette(camvid_like, tmp_path
     main(["visualize", str(tmp_path / "m.keras"), "--data", "camvid", "--data-dir", str(camvid_like),
           "--num-images", "2", "--out", str(tmp_path / "vis")])
     assert sorted(p.name for p in (tmp_path / "vis").glob("*.png")) == ["f0.png", "f1.png"]
+
+
+def test_voc_layout_palette_and_index_labels(tmp_path):
+    from keras_lc.data import voc_colormap
+
+    cmap = voc_colormap()
+    assert cmap[1].tolist() == [128, 0, 0] and cmap[255].tolist() == [224, 224, 192]
+    rng = np.random.default_rng(0)
+    ids = ["2007_000032", "2007_000033"]
+    (tmp_path / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (tmp_path / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
+    truth = np.array([[0, 15, 255], [20, 1, 0]], np.uint8)
+    for i in ids:
+        (tmp_path / "JPEGImages").mkdir(exist_ok=True)
+        (tmp_path / "JPEGImages" / f"{i}.jpg").write_bytes(
+            tf.io.encode_jpeg(rng.integers(0, 256, (2, 3, 3)).astype(np.uint8)).numpy())
+        # a VOC palette PNG decodes to RGB in TensorFlow: write the colours, the reader maps them back
+        _write(tmp_path / "SegmentationClass" / f"{i}.png", cmap[truth])
+    images, labels = next(iter(directory_dataset(tmp_path, "val", batch_size=2, layout="voc")))
+    np.testing.assert_array_equal(labels[0], truth)
+    # SBD-augmented labels are plain class-id PNGs, preferred when present
+    for i in ids:
+        _write(tmp_path / "SegmentationClassAug" / f"{i}.png", truth[..., None])
+    images, labels = next(iter(directory_dataset(tmp_path, "val", batch_size=2, layout="voc")))
+    np.testing.assert_array_equal(labels[1], truth)
+    (tmp_path / "JPEGImages" / f"{ids[1]}.jpg").unlink()
+    with pytest.raises(ValueError, match="2007_000033.jpg listed in val.txt is missing"):
+        directory_dataset(tmp_path, "val", layout="voc")
+
+
+def test_cityscapes_layout_maps_train_ids(tmp_path):
+    ids = np.array([[7, 8, 26], [0, 33, 4]], np.uint8)
+    for city in ("aachen", "bonn"):
+        _write(tmp_path / "leftImg8bit" / "val" / city / f"{city}_000000_000019_leftImg8bit.png",
+               np.zeros((2, 3, 3), np.uint8))
+        _write(tmp_path / "gtFine" / "val" / city / f"{city}_000000_000019_gtFine_labelIds.png", ids[..., None])
+    images, labels = next(iter(directory_dataset(tmp_path, "val", batch_size=2, layout="cityscapes")))
+    np.testing.assert_array_equal(labels[0], [[0, 1, 13], [255, 18, 255]])
+    (tmp_path / "gtFine" / "val" / "bonn" / "bonn_000000_000019_gtFine_labelIds.png").unlink()
+    with pytest.raises(ValueError, match="no label for bonn_000000_000019_leftImg8bit.png"):
+        directory_dataset(tmp_path, "val", layout="cityscapes")
+    with pytest.raises(ValueError, match="Unknown dataset layout"):
+        directory_dataset(tmp_path, "val", layout="ade20k")
