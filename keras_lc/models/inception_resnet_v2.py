@@ -76,6 +76,23 @@ class RegionConvBN(keras.layers.Layer):
         return config
 
 
+def _make_branches(specs, prefix, dilation_rate):
+    """Parallel branches of RegionConvBN from `[[(filters, kernel), ...], ...]`; k×k convs dilated."""
+    return [
+        [RegionConvBN(f, k, dilation_rate=dilation_rate if k != 1 else 1, name=f"{prefix}_b{i}_{j}")
+         for j, (f, k) in enumerate(spec)]
+        for i, spec in enumerate(specs)
+    ]
+
+
+def _build_branches(branches, input_shape):
+    for branch in branches:
+        shape = input_shape
+        for layer in branch:
+            layer.build(shape)
+            shape = (None, None, None, layer.filters)
+
+
 def _chain(layers, x, index):
     """Apply a branch of RegionConvBN layers: the first reads the dense map, the rest chain
     (1×1 convs stay compact; k×k convs read the scattered map of the previous output)."""
@@ -106,19 +123,11 @@ class InceptionResNetBranch(keras.layers.Layer):
             raise ValueError(f"Unknown Inception-ResNet block type {block_type!r}.")
         self.block_type, self.block_idx, self.channels, self.dilation_rate = block_type, block_idx, channels, dilation_rate
         prefix = f"{block_type}_{block_idx}"
-        self.branches = [
-            [RegionConvBN(f, k, dilation_rate=dilation_rate if k != 1 else 1, name=f"{prefix}_b{i}_{j}")
-             for j, (f, k) in enumerate(spec)]
-            for i, spec in enumerate(self.SPECS[block_type])
-        ]
+        self.branches = _make_branches(self.SPECS[block_type], prefix, dilation_rate)
         self.up = RegionConv2D(channels, 1, use_bias=True, name=f"{prefix}_conv")
 
     def build(self, input_shape):
-        for branch in self.branches:
-            shape = input_shape
-            for layer in branch:
-                layer.build(shape)
-                shape = (None, None, None, layer.filters)
+        _build_branches(self.branches, input_shape)
         self.up.build((None, None, None, sum(b[-1].filters for b in self.branches)))
 
     def apply_at(self, x, index, training=None):
@@ -152,18 +161,10 @@ class InceptionReduction(keras.layers.Layer):
         if block_name not in self.SPECS:
             raise ValueError(f"Unknown reduction block {block_name!r}.")
         self.block_name, self.dilation_rate = block_name, dilation_rate
-        self.branches = [
-            [RegionConvBN(f, k, dilation_rate=dilation_rate if k != 1 else 1, name=f"{block_name}_b{i}_{j}")
-             for j, (f, k) in enumerate(spec)]
-            for i, spec in enumerate(self.SPECS[block_name])
-        ]
+        self.branches = _make_branches(self.SPECS[block_name], block_name, dilation_rate)
 
     def build(self, input_shape):
-        for branch in self.branches:
-            shape = input_shape
-            for layer in branch:
-                layer.build(shape)
-                shape = (None, None, None, layer.filters)
+        _build_branches(self.branches, input_shape)
 
     def call(self, inputs, region, training=None):
         index = as_region_index(region)
