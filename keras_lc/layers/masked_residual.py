@@ -133,7 +133,7 @@ class RegionBottleneck(keras.layers.Layer):
     def apply_at(self, x, index, training=None):
         t = self.reduce.apply_at(x, index)
         t = tf.nn.relu(self.norm1(t))
-        t = self.conv.apply_at(index.scatter(t), index)
+        t = self.conv.apply_at(index.scatter_for_conv(t), index)
         t = tf.nn.relu(self.norm2(t))
         return self.expand.apply_compact(t)
 

@@ -85,10 +85,10 @@ class RegionIndex:
 
     # ------------------------------------------------------- compact <-> dense
     def gather(self, x):
-        """Dense `[B, H, W, C]` -> compact (values at region pixels)."""
+        """Dense `[B, H, W, C]` (or a padded flat map) -> compact (values at region pixels)."""
         if self.dense:
             return x
-        flat_x = tf.reshape(x, [-1, tf.shape(x)[-1]])
+        flat_x = x if x.shape.rank == 2 else tf.reshape(x, [-1, tf.shape(x)[-1]])
         return tf.gather(flat_x, self.flat)
 
     def scatter(self, values):
@@ -98,6 +98,18 @@ class RegionIndex:
         channels = tf.shape(values)[-1]
         shape = tf.stack([self.batch, self.height, self.width, channels])
         return tf.scatter_nd(self.coords, values, shape)
+
+    def scatter_for_conv(self, values):
+        """Compact values -> the input of a following region conv, zeros outside the region.
+
+        Sparse: the flat map `[B*H*W + 1, C]` with the zero padding row already appended, so the
+        next conv gathers from it without copying the map again. Dense: the masked map.
+        """
+        if self.dense:
+            return self.scatter(values)
+        channels = tf.shape(values)[-1]
+        rows = self.batch * self.height * self.width + 1
+        return tf.scatter_nd(self.flat[:, None], values, tf.stack([rows, channels]))
 
     def scatter_add(self, x, values):
         """`x` plus `values` at region pixels, `x` unchanged elsewhere."""
@@ -130,11 +142,15 @@ class RegionIndex:
         return self._neighbours[key]
 
     def gather_neighbourhoods(self, x, kernel_size, dilation_rate):
-        """Dense `[B, H, W, C]` -> `[N, kh*kw*C]`, ordered (ky, kx, c) like a Conv2D kernel."""
+        """Dense `[B, H, W, C]` (or the padded flat map of `scatter_for_conv`) -> `[N, kh*kw*C]`,
+        ordered (ky, kx, c) like a Conv2D kernel."""
         flat = self.neighbours(kernel_size, dilation_rate)
         channels = tf.shape(x)[-1]
-        flat_x = tf.reshape(x, [-1, channels])
-        flat_x = tf.concat([flat_x, tf.zeros([1, channels], x.dtype)], axis=0)
+        if x.shape.rank == 2:  # already flat with the zero row
+            flat_x = x
+        else:
+            flat_x = tf.reshape(x, [-1, channels])
+            flat_x = tf.concat([flat_x, tf.zeros([1, channels], x.dtype)], axis=0)
         patches = tf.gather(flat_x, flat)  # [N, kh*kw, C]
         kh, kw = kernel_size
         return tf.reshape(patches, [-1, kh * kw * channels])

@@ -98,7 +98,7 @@ def _chain(layers, x, index):
     (1×1 convs stay compact; k×k convs read the scattered map of the previous output)."""
     t = layers[0].apply_at(x, index)
     for layer in layers[1:]:
-        t = layer.apply_compact(t) if layer.conv.is_pointwise else layer.apply_at(index.scatter(t), index)
+        t = layer.apply_compact(t) if layer.conv.is_pointwise else layer.apply_at(index.scatter_for_conv(t), index)
     return t
 
 

@@ -52,7 +52,7 @@ class BottleneckBranch(keras.layers.Layer):
         else:
             t = a.apply_at(x, index)
         # zeros outside the region between convs (in the strided dense stem block the region is all pixels)
-        t = b.apply_at(t if (index.dense and strides != 1) else index.scatter(t), index)
+        t = b.apply_at(t if (index.dense and strides != 1) else index.scatter_for_conv(t), index)
         return c.apply_compact(t)
 
     def units_list(self):
