@@ -70,6 +70,18 @@ def test_load_keras_applications_weights(tmp_path):
         for name, layer in named.items():
             for a, b in zip(layer.get_weights(), keras_by_name[name].get_weights()):
                 np.testing.assert_array_equal(a, b)
+    # every copied conv and BN tensor equals its Keras source (block by block, position by position)
+    from keras_lc.models.weights import _keras_segments
+
+    keras_segments, _ = _keras_segments(app)
+    checked = 0
+    for stage in model.stages:
+        for name, pairs in stage.segments()[0]:
+            for (conv, bn), (kconv, kbn) in zip(pairs, keras_segments[name], strict=True):
+                for a, b in zip(conv.get_weights() + bn.get_weights(), kconv.get_weights() + kbn.get_weights()):
+                    np.testing.assert_array_equal(a, b)
+                    checked += 1
+    assert checked == sum(len(p) for p in keras_segments.values()) * 4  # kernel + beta, mean, variance
     # the unnamed convs: every Keras conv kernel appears exactly once among IRNet-LC's
     ours = sorted(float(np.sum(c.kernel.numpy() ** 2)) for s in model.stages for _, p in s.segments()[0] for c, _ in p)
     theirs = sorted(float(np.sum(layer.kernel.numpy() ** 2)) for layer in app.layers
