@@ -107,9 +107,20 @@ def cmd_train(args):
     backbone_kwargs = {"width": args.width} if args.width else {}
     if args.width:
         backbone_kwargs.update(bottleneck_channels=args.width, head_channels=args.width)
+    class_weights = None
+    if args.class_weights == "median":
+        if args.data == "synthetic":
+            raise SystemExit("keras-lc: --class-weights median needs a dataset with classes.json weights")
+        from keras_lc.data import read_info
+        from keras_lc.data.datasets import median_frequency_weights
+
+        class_weights = median_frequency_weights(read_info(args.data_dir, args.data))
+        if class_weights is None:
+            raise SystemExit(f"keras-lc: {args.data_dir}/classes.json has no segnet_class_weighting_median_freq")
+        class_weights = class_weights.tolist()
     with strategy.scope():
         model = build_model(args.backbone, num_classes=num_classes, rho=args.rho, ignore_class=ignore,
-                            **backbone_kwargs)
+                            class_weights=class_weights, **backbone_kwargs)
     train = _dataset(args, "train", shuffle=True)
     val = _dataset(args, "val")
     print(f"[keras-lc] training LC-{args.backbone} ({model.count_params():,} parameters) on {described}; "
@@ -412,6 +423,8 @@ def build_parser():
     p.add_argument("--cascade-epochs", type=int, default=6)
     p.add_argument("--learning-rate", type=float, default=2e-3)
     p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
+    p.add_argument("--class-weights", default="none", choices=["none", "median"],
+                   help="median: median-frequency class weights from the dataset's classes.json")
     p.add_argument("--val-images", type=int, default=64)
     p.add_argument("--out", default="runs/demo", help="output folder (model.keras, checkpoints, logs)")
     p.add_argument("--strategy", default="default", choices=["default", "mirrored", "multi_worker"],

@@ -212,3 +212,24 @@ def test_bad_construction():
         build_model("tiny", num_classes=3, input_shape=(32, 32, 1), **SMALL)
     with pytest.raises(ValueError, match="Bad argument"):
         build_model("tiny", num_classes=3, depth=7)
+
+
+def test_class_weights_weight_the_loss(small_model, images):
+    from keras_lc.losses import masked_sparse_categorical_crossentropy
+
+    labels = np.random.default_rng(3).integers(0, 5, size=(2, 8, 10))
+    logits = tf.random.stateless_normal([2, 8, 10, 4], seed=[1, 2])
+    w = [0.5, 2.0, 1.0, 3.0]
+    got = float(masked_sparse_categorical_crossentropy(labels, logits, ignore_class=4, class_weights=w))
+    valid = labels != 4
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits(np.where(valid, labels, 0), logits).numpy()
+    pix_w = np.where(valid, np.array(w + [0.0])[labels], 0.0)
+    assert got == pytest.approx(float((ce * pix_w).sum() / pix_w.sum()), rel=1e-5)
+    model = build_model("tiny", num_classes=4, ignore_class=4, class_weights=w, **SMALL)
+    assert LayerCascadeFromConfig(model).class_weights == w
+    with pytest.raises(ValueError, match="class_weights"):
+        build_model("tiny", num_classes=4, class_weights=[1.0, 2.0], **SMALL)
+
+
+def LayerCascadeFromConfig(model):
+    return keras_lc.LayerCascade.from_config(model.get_config())

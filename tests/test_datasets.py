@@ -178,3 +178,17 @@ def test_cityscapes_layout_maps_train_ids(tmp_path):
         directory_dataset(tmp_path, "val", layout="cityscapes")
     with pytest.raises(ValueError, match="Unknown dataset layout"):
         directory_dataset(tmp_path, "val", layout="ade20k")
+
+
+def test_cli_median_class_weights(camvid_like, tmp_path):
+    import keras
+
+    from keras_lc.cli import main
+
+    info = json.loads((camvid_like / "classes.json").read_text())
+    info["segnet_class_weighting_median_freq"] = [0.5, 1.0, 2.0, 4.0]
+    (camvid_like / "classes.json").write_text(json.dumps(info))
+    main(["train", "--data", "camvid", "--data-dir", str(camvid_like), "--crop", "32", "--batch-size", "2",
+          "--initial-epochs", "1", "--cascade-epochs", "0", "--width", "8", "--class-weights", "median",
+          "--out", str(tmp_path / "run")])
+    assert keras.models.load_model(tmp_path / "run" / "model.keras").class_weights == [0.5, 1.0, 2.0, 4.0]

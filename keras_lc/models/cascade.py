@@ -63,6 +63,7 @@ class LayerCascade(keras.Model):
         ignore_class: int or None, the label ignored by losses and mIoU (e.g. void).
         training_mode: "initial" (every stage's loss on every labelled pixel, the
             DSN step) or "cascade" (stage k's loss only on the pixels reaching it).
+        class_weights: optional K per-class loss weights (e.g. median frequency).
         dense_threshold: float in (0, 1] or None. A region stage whose forwarded
             fraction is at least this is computed densely and masked (same
             numbers, cheaper above the gather/scatter crossover); None: never.
@@ -91,6 +92,7 @@ class LayerCascade(keras.Model):
         ignore_class=None,
         training_mode="cascade",
         dense_threshold=0.7,
+        class_weights=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -108,6 +110,11 @@ class LayerCascade(keras.Model):
         if dense_threshold is not None and not (0.0 < float(dense_threshold) <= 1.0):
             raise ValueError(f"dense_threshold must be in (0, 1] or None; got {dense_threshold}.")
         self.dense_threshold = None if dense_threshold is None else float(dense_threshold)
+        if class_weights is not None:
+            class_weights = [float(w) for w in class_weights]
+            if len(class_weights) != self.num_classes or min(class_weights) < 0:
+                raise ValueError(f"class_weights must be {self.num_classes} non-negative numbers; got {class_weights}.")
+        self.class_weights = class_weights
         self.stages = stages
         self.heads = heads
         self._rho_value = check_rho(rho)
@@ -302,7 +309,9 @@ class LayerCascade(keras.Model):
         ctx = tf.distribute.get_replica_context()
         losses = []
         for k in range(3):
-            total, count = masked_sparse_categorical_crossentropy_sum(low, logits[k], out["regions"][k], self.ignore_class)
+            total, count = masked_sparse_categorical_crossentropy_sum(
+                low, logits[k], out["regions"][k], self.ignore_class, self.class_weights
+            )
             if ctx is not None and ctx.num_replicas_in_sync > 1:
                 count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, count)
             losses.append(tf.math.divide_no_nan(total, count))
@@ -397,6 +406,7 @@ class LayerCascade(keras.Model):
             "ignore_class": self.ignore_class,
             "training_mode": self._training_mode,
             "dense_threshold": self.dense_threshold,
+            "class_weights": self.class_weights,
         }
 
     @classmethod
