@@ -178,14 +178,7 @@ def cmd_predict(args):
         model.rho = args.rho
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.images:
-        items = [(Path(p).stem, im, None) for p, im in zip(args.images, _read_images(args.images))]
-    else:
-        from keras_lc.data import synthetic_arrays
-
-        ims, lbs = synthetic_arrays(args.num_images, args.image_size, args.image_size, model.num_classes,
-                                    seed=args.seed + 1000)
-        items = [(f"synthetic_{i:03d}", ims[i], lbs[i]) for i in range(len(ims))]
+    items = _images_and_truth(args, model)
     for name, image, truth in items:
         result = model(image[None], training=False)
         labels = result["labels"][0].numpy()

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import textwrap
 import time
 import urllib.request
 from pathlib import Path
@@ -340,10 +339,10 @@ class TFServingClient:
         request = predict_pb2.PredictRequest()
         request.model_spec.name = self.model_name
         key = "images" if images is not None else "image_bytes"
-        signature = "serving_default" if images is not None else "serving_image_bytes"
+        signature = {("images", False): "serving_default", ("images", True): "serving_rho",
+                     ("image_bytes", False): "serving_image_bytes",
+                     ("image_bytes", True): "serving_image_bytes_rho"}[key, rho is not None]
         if rho is not None:
-            signature += "_rho" if signature != "serving_default" else ""
-            signature = "serving_rho" if signature == "serving_default" else signature
             request.inputs["rho"].CopyFrom(tf.make_tensor_proto(np.float32(rho)))
         request.model_spec.signature_name = signature
         value = np.asarray(images) if images is not None else np.array([bytes(b) for b in image_bytes], object)
@@ -361,7 +360,3 @@ class TFServingClient:
 
     def close(self):
         self.channel.close()
-
-
-def triton_config_text(repository, name="lc"):
-    return textwrap.dedent((Path(repository) / name / "config.pbtxt").read_text())

@@ -55,19 +55,30 @@ class RegionIndex:
             raise ValueError(f"A region must have shape [B, H, W]; got shape {region.shape}.")
         self.region = region
         self.dense = bool(dense)
-        self.mask = tf.cast(region, tf.float32)[..., None]
         shape = tf.shape(region)
         self.batch, self.height, self.width = shape[0], shape[1], shape[2]
-        self.count = tf.reduce_sum(tf.cast(region, tf.int32))
-        self.fraction = tf.math.divide_no_nan(
-            tf.cast(self.count, tf.float32), tf.cast(tf.reduce_prod(shape), tf.float32)
-        )
         self._neighbours = {}
+        self._mask = None
         if not self.dense:
             self.coords = tf.cast(tf.where(region), tf.int32)  # [N, 3]
             b, y, x = tf.unstack(self.coords, num=3, axis=1)
             self._b, self._y, self._x = b, y, x
             self.flat = (b * self.height + y) * self.width + x  # [N]
+
+    # Computed on demand: the sparse hot path needs none of these full-map reductions.
+    @property
+    def mask(self):
+        if self._mask is None:  # built once, on first use (the dense path's scatters share it)
+            self._mask = tf.cast(self.region, tf.float32)[..., None]
+        return self._mask
+
+    @property
+    def count(self):
+        return tf.reduce_sum(tf.cast(self.region, tf.int32))
+
+    @property
+    def fraction(self):
+        return tf.reduce_mean(tf.cast(self.region, tf.float32))
 
     # ----------------------------------------------------------------- checks
     def check_features(self, x, name="features"):

@@ -232,11 +232,7 @@ class IRNetStage(keras.layers.Layer):
             for layer in self.stem:
                 layer.build(shape)
                 shape = (None, None, None, layer.filters)
-            for branch in self.mixed_5b:
-                s = shape
-                for layer in branch:
-                    layer.build(s)
-                    s = (None, None, None, layer.filters)
+            _build_branches(self.mixed_5b, shape)
             shape = (None, None, None, 320)
         else:
             shape = input_shape
