@@ -48,62 +48,97 @@ def train_cascade(
         dict `{phase: history dict}`: the epochs run by this call (a resumed
         phase lists only the epochs run after the resume).
     """
-    chief = is_chief(strategy)
-    optimizers = {"adam": keras.optimizers.Adam, "sgd": lambda lr: keras.optimizers.SGD(lr, momentum=0.9)}
-    if optimizer not in optimizers:
-        raise ValueError(f"Unknown optimizer {optimizer!r}; choose one of {sorted(optimizers)}.")
-    out = Path(out_dir)
-    if chief:
-        out.mkdir(parents=True, exist_ok=True)
-    scratch = out if chief else Path(tempfile.mkdtemp(prefix="keras_lc_worker_"))
-    def scope():
-        return strategy.scope() if strategy is not None else contextlib.nullcontext()
-
     cascade_learning_rate = learning_rate * 0.3 if cascade_learning_rate is None else cascade_learning_rate
     histories = {}
-    history_file = out / "history.json"
     for phase, epochs, lr in (
         ("initial", initial_epochs, learning_rate),
         ("cascade", cascade_epochs, cascade_learning_rate),
     ):
-        if epochs <= 0:
-            continue
-        done = out / f"{phase}.weights.h5"
-        if done.exists():
-            model.load_weights(done)
-            if verbose:
-                print(f"[keras-lc] {phase} phase already finished: loaded {done}")
-            continue
-        if verbose:
-            print(f"[keras-lc] {phase} training: {epochs} epochs, lr {lr:g}, rho {model.rho:g}")
-        model.training_mode = phase
-        with scope():
-            model.compile(optimizer=optimizers[optimizer](lr))
-        phase_callbacks = [keras.callbacks.BackupAndRestore(str(scratch / "backup" / phase), save_freq=save_freq)]
-        if tensorboard and chief:
-            phase_callbacks.append(keras.callbacks.TensorBoard(str(out / "logs" / phase), write_graph=False))
-        if val_data is not None and phase == "cascade" and chief:
-            phase_callbacks.append(
-                keras.callbacks.ModelCheckpoint(
-                    str(out / "best.keras"), monitor="val_miou", mode="max", save_best_only=True
-                )
-            )
-        history = model.fit(
-            train_data,
-            validation_data=val_data,
-            epochs=epochs,
-            callbacks=phase_callbacks + list(callbacks or []),
-            shuffle=False,  # a tf.data pipeline shuffles itself
-            verbose=verbose,
+        history = train_phase(
+            model, train_data, val_data, out_dir, phase, epochs, lr, training_mode=phase,
+            save_freq=save_freq, tensorboard=tensorboard, callbacks=callbacks, strategy=strategy,
+            optimizer=optimizer, keep_best=phase == "cascade", verbose=verbose,
         )
-        histories[phase] = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-        if not chief:
-            continue
+        if history is not None:
+            histories[phase] = history
+    model.training_mode = "cascade"
+    if is_chief(strategy):
+        model.save(Path(out_dir) / "model.keras")
+    return histories
+
+
+OPTIMIZERS = {"adam": keras.optimizers.Adam, "sgd": lambda lr: keras.optimizers.SGD(lr, momentum=0.9)}
+
+
+def train_phase(
+    model,
+    train_data,
+    val_data,
+    out_dir,
+    phase,
+    epochs,
+    learning_rate,
+    training_mode="cascade",
+    save_freq="epoch",
+    tensorboard=True,
+    callbacks=None,
+    strategy=None,
+    optimizer="adam",
+    keep_best=False,
+    verbose=1,
+):
+    """One resumable training phase named `phase`, written to `out_dir`.
+
+    A finished phase (`<phase>.weights.h5` exists) is loaded and skipped; an
+    interrupted one resumes from `backup/<phase>/`. With `keep_best` and `val_data`,
+    `best.keras` keeps the best validation mIoU. The history is appended to
+    `history.json` under `phase`. Phases compose: `train_cascade` is "initial" then
+    "cascade"; the ablation recipe chains its own (e.g. one phase per stage, with the
+    earlier stages frozen, for the Model Cascade).
+
+    Returns:
+        the phase's history dict, or None when it was already finished.
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}.")
+    if epochs <= 0:
+        return None
+    chief = is_chief(strategy)
+    out = Path(out_dir)
+    if chief:
+        out.mkdir(parents=True, exist_ok=True)
+    scratch = out if chief else Path(tempfile.mkdtemp(prefix="keras_lc_worker_"))
+    done = out / f"{phase}.weights.h5"
+    if done.exists():
+        model.load_weights(done)
+        if verbose:
+            print(f"[keras-lc] {phase} phase already finished: loaded {done}")
+        return None
+    if verbose:
+        print(f"[keras-lc] {phase} training: {epochs} epochs, lr {learning_rate:g}, rho {model.rho:g}")
+    model.training_mode = training_mode
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model.compile(optimizer=OPTIMIZERS[optimizer](learning_rate))
+    phase_callbacks = [keras.callbacks.BackupAndRestore(str(scratch / "backup" / phase), save_freq=save_freq)]
+    if tensorboard and chief:
+        phase_callbacks.append(keras.callbacks.TensorBoard(str(out / "logs" / phase), write_graph=False))
+    if val_data is not None and keep_best and chief:
+        phase_callbacks.append(
+            keras.callbacks.ModelCheckpoint(str(out / "best.keras"), monitor="val_miou", mode="max", save_best_only=True)
+        )
+    history = model.fit(
+        train_data,
+        validation_data=val_data,
+        epochs=epochs,
+        callbacks=phase_callbacks + list(callbacks or []),
+        shuffle=False,  # a tf.data pipeline shuffles itself
+        verbose=verbose,
+    )
+    history = {k: [float(v) for v in vals] for k, vals in history.history.items()}
+    if chief:
+        history_file = out / "history.json"
         saved = json.loads(history_file.read_text()) if history_file.exists() else {}
-        saved[phase] = histories[phase]
+        saved[phase] = history
         history_file.write_text(json.dumps(saved, indent=1))
         model.save_weights(done)
-    model.training_mode = "cascade"
-    if chief:
-        model.save(out / "model.keras")
-    return histories
+    return history

@@ -64,6 +64,13 @@ class LayerCascade(keras.Model):
         training_mode: "initial" (every stage's loss on every labelled pixel, the
             DSN step) or "cascade" (stage k's loss only on the pixels reaching it).
         class_weights: optional K per-class loss weights (e.g. median frequency).
+        loss_weights: optional 3 non-negative weights of the stage losses in the
+            training step (default 1, 1, 1). `(0, 0, 1)` trains a one-head network
+            (the paper's baseline); a zero weight skips that loss's gradient.
+        label_keep: optional 3 probabilities in (0, 1]: during training, stage k's
+            loss sees each labelled pixel with this probability (nested: a pixel kept
+            for stage 3 is kept for stage 2). The paper's "DSN + dropout" ablation:
+            random pixels dropped at LC's ratio instead of the easy ones.
         dense_threshold: float in (0, 1] or None. A region stage whose forwarded
             fraction is at least this is computed densely and masked (same
             numbers, cheaper above the gather/scatter crossover); None: never.
@@ -93,6 +100,8 @@ class LayerCascade(keras.Model):
         training_mode="cascade",
         dense_threshold=0.7,
         class_weights=None,
+        loss_weights=None,
+        label_keep=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -115,6 +124,10 @@ class LayerCascade(keras.Model):
             if len(class_weights) != self.num_classes or min(class_weights) < 0:
                 raise ValueError(f"class_weights must be {self.num_classes} non-negative numbers; got {class_weights}.")
         self.class_weights = class_weights
+        self.loss_weights = self._three("loss_weights", loss_weights, 0.0, float("inf"), (1.0, 1.0, 1.0))
+        if max(self.loss_weights) == 0:
+            raise ValueError("loss_weights are all zero: nothing would be trained.")
+        self.label_keep = self._three("label_keep", label_keep, 1e-6, 1.0, None)
         self.stages = stages
         self.heads = heads
         self._rho_value = check_rho(rho)
@@ -130,6 +143,18 @@ class LayerCascade(keras.Model):
         )
 
     # ------------------------------------------------------------- settings
+    @staticmethod
+    def _three(name, values, low, high, default):
+        if values is None:
+            return default
+        try:
+            values = tuple(float(v) for v in values)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be 3 numbers; got {values!r}.") from None
+        if len(values) != 3 or not all(low <= v <= high for v in values):
+            raise ValueError(f"{name} must be 3 numbers in [{low:g}, {high:g}]; got {values}.")
+        return values
+
     @staticmethod
     def _check_mode(mode):
         if mode not in TRAINING_MODES:
@@ -317,6 +342,12 @@ class LayerCascade(keras.Model):
             losses.append(tf.math.divide_no_nan(total, count))
         return losses
 
+    def _drop_labels(self, out):
+        """Keep each pixel in stage k's loss with probability label_keep[k] (nested)."""
+        u = tf.random.uniform(tf.shape(out["regions"][0]))
+        regions = [tf.logical_and(r, u < keep) for r, keep in zip(out["regions"], self.label_keep)]
+        return {**out, "regions": regions}
+
     @staticmethod
     def _global(values):
         """Replica partial losses -> the global-batch value on every replica (for logs)."""
@@ -348,8 +379,10 @@ class LayerCascade(keras.Model):
         images, labels = self._unpack(data)
         with tf.GradientTape() as tape:
             out = self._forward(images, training=True, forward_all=self._training_mode == "initial")
+            if self.label_keep is not None:
+                out = self._drop_labels(out)
             losses = self.stage_losses(out, labels)
-            total = tf.add_n(losses)
+            total = tf.add_n([w * loss for w, loss in zip(self.loss_weights, losses) if w > 0])
             if self.losses:
                 replicas = tf.distribute.get_strategy().num_replicas_in_sync
                 total = total + tf.add_n(self.losses) / replicas
@@ -407,6 +440,8 @@ class LayerCascade(keras.Model):
             "training_mode": self._training_mode,
             "dense_threshold": self.dense_threshold,
             "class_weights": self.class_weights,
+            "loss_weights": list(self.loss_weights),
+            "label_keep": None if self.label_keep is None else list(self.label_keep),
         }
 
     @classmethod

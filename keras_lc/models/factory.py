@@ -34,7 +34,8 @@ BACKBONES = {"tiny": _tiny, "irnet": _irnet, "resnet50": _resnet("resnet50"), "r
 
 
 def build_model(backbone="tiny", num_classes=5, rho=0.985, input_shape=(None, None, 3), ignore_class=None,
-                training_mode="cascade", dense_threshold=0.7, class_weights=None, **backbone_kwargs):
+                training_mode="cascade", dense_threshold=0.7, class_weights=None, loss_weights=None, label_keep=None,
+                **backbone_kwargs):
     """Build a LayerCascade on a named backbone.
 
     Args:
@@ -46,7 +47,7 @@ def build_model(backbone="tiny", num_classes=5, rho=0.985, input_shape=(None, No
         input_shape: `(H, W, 3)`, H and W may be None.
         ignore_class: int or None, the void label.
         training_mode: "initial" or "cascade".
-        dense_threshold, class_weights: see `LayerCascade`.
+        dense_threshold, class_weights, loss_weights, label_keep: see `LayerCascade`.
         **backbone_kwargs: passed to the backbone builder (e.g. `width=32`).
 
     Returns:
@@ -69,7 +70,8 @@ def build_model(backbone="tiny", num_classes=5, rho=0.985, input_shape=(None, No
     heads = [StageHead(num_classes, name=f"head{k}", **head_kwargs) for k in (1, 2, 3)]
     model = LayerCascade(
         stages, heads, num_classes, rho=rho, ignore_class=ignore_class, training_mode=training_mode,
-        dense_threshold=dense_threshold, class_weights=class_weights, name=f"lc_{backbone}",
+        dense_threshold=dense_threshold, class_weights=class_weights,
+        loss_weights=loss_weights, label_keep=label_keep, name=f"lc_{backbone}",
     )
     model.build((None, *input_shape))
     return model

@@ -1,0 +1,69 @@
+"""The paper's Table 2 on CamVid: baseline, DSN, DSN + dropout, Model Cascade and LC at one budget.
+
+Run from the project root (each variant resumes where it stopped; finished ones are only evaluated):
+    python recipes/camvid_ablations.py                      # all variants, then the table
+    python recipes/camvid_ablations.py --variants lc,dsn    # some of them
+Budget on the project's 2-core CPU: the camvid_cpu recipe's 45 epochs (30 initial + 15 cascade, ~65 s each)
+per variant; the initial phase is shared by lc, dsn and dsn_dropout, so all five take ~3 h.
+Output: runs/ablations/<variant>/{model,best}.keras and runs/ablations/table2.json.
+"""
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+
+from keras_lc import build_model  # noqa: E402
+from keras_lc.ablations import VARIANTS, train_variant  # noqa: E402
+from keras_lc.data import directory_dataset, read_info  # noqa: E402
+from keras_lc.metrics import evaluate_cascade  # noqa: E402
+
+# The settings of recipes/camvid_cpu.toml.
+DATA_DIR = "../shared/data/camvid"
+WIDTH, CROP, BATCH, SEED = 96, 256, 8, 0
+INITIAL_EPOCHS, CASCADE_EPOCHS, LEARNING_RATE, RHO = 30, 15, 2e-3, 0.95
+
+parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {','.join(VARIANTS)}")
+parser.add_argument("--data-dir", default=DATA_DIR)
+parser.add_argument("--out", default="runs/ablations")
+args = parser.parse_args()
+
+info = read_info(args.data_dir, "camvid")
+train = directory_dataset(args.data_dir, "train", BATCH, training=True, crop_size=(CROP, CROP), seed=SEED)
+val = directory_dataset(args.data_dir, "val", BATCH)
+
+
+def build():
+    keras.utils.set_random_seed(SEED)  # every variant starts from the same initial weights
+    return build_model("tiny", num_classes=info["num_classes"], rho=RHO, ignore_class=info["ignore_index"],
+                       width=WIDTH, bottleneck_channels=WIDTH, head_channels=WIDTH)
+
+
+table_file = Path(args.out) / "table2.json"
+table = json.loads(table_file.read_text()) if table_file.exists() else {}
+for variant in args.variants.split(","):
+    start = time.time()
+    model, eval_rho = train_variant(variant, build, train, val, args.out, INITIAL_EPOCHS, CASCADE_EPOCHS,
+                                    LEARNING_RATE, RHO, verbose=2)
+    row = {"rho": eval_rho, "train_s_this_call": round(time.time() - start)}
+    best = Path(args.out) / variant / "best.keras"
+    for name, m in (("final", model), ("best", keras.saving.load_model(best) if best.exists() else None)):
+        if m is not None:
+            result = evaluate_cascade(m, val, rho=eval_rho, class_names=info["names"])
+            row[name] = {key: result[key] for key in ("miou", "pixel_accuracy", "stage_share", "per_class_iou")}
+    table[variant] = row
+    table_file.write_text(json.dumps(table, indent=1))
+    print(f"[ablations] {variant}: mIoU final {row['final']['miou']:.4f}"
+          + (f", best epoch {row['best']['miou']:.4f}" if "best" in row else "") + f" at rho {eval_rho}", flush=True)
+
+print("\n| variant | rho | val mIoU (final) | val mIoU (best epoch) | decided at stage 1/2/3 |\n|---|---|---|---|---|")
+for variant, row in table.items():
+    share = "/".join(f"{100 * s:.0f}%" for s in row["final"]["stage_share"])
+    best = f"{100 * row['best']['miou']:.2f}" if "best" in row else "-"
+    print(f"| {variant} | {row['rho']} | {100 * row['final']['miou']:.2f} | {best} | {share} |")
