@@ -67,6 +67,18 @@ class MaskedResidual(keras.layers.Layer):
         inside = self.activation(index.gather(inputs) + update)
         return index.scatter_add(inputs, inside - index.gather(inputs))
 
+    def apply_compact(self, values, index, training=None):
+        """The block on compact features: `[N, C]` at the region pixels -> `[N, C]`.
+
+        Needs a branch with `apply_from_compact` (its first convs are 1×1, so they need no
+        neighbours). Consecutive blocks then keep the trunk compact: see `residual_blocks`.
+        """
+        update = self.branch.apply_from_compact(values, index, training=training)
+        if self.scale != 1.0:
+            update = update * tf.cast(self.scale, update.dtype)
+        h = values + update
+        return self.activation(h) if self.activation is not None else h
+
     def compute_output_shape(self, input_shape):
         return input_shape
 
@@ -131,7 +143,11 @@ class RegionBottleneck(keras.layers.Layer):
         self.expand.build((None, None, None, b))
 
     def apply_at(self, x, index, training=None):
-        t = self.reduce.apply_at(x, index)
+        return self.apply_from_compact(index.gather(x), index, training=training)
+
+    def apply_from_compact(self, values, index, training=None):
+        """Compact input `[N, C]` -> compact output (the first conv is 1×1: no neighbours needed)."""
+        t = self.reduce.apply_compact(values)
         t = tf.nn.relu(self.norm1(t))
         t = self.conv.apply_at(index.scatter_for_conv(t), index)
         t = tf.nn.relu(self.norm2(t))
@@ -152,3 +168,33 @@ class RegionBottleneck(keras.layers.Layer):
             }
         )
         return config
+
+
+def residual_blocks(blocks, x, index, training=None):
+    """Consecutive `MaskedResidual` blocks with a compact trunk.
+
+    On a sparse region the features are gathered once, every block updates the
+    compact `[N, C]` trunk (only k×k convs inside a branch scatter, for their
+    neighbourhoods), and one scatter writes the result back into `x`: outside the
+    region `x` is copied, as the paper's Fig. 3c requires. Same numbers as calling
+    the blocks one by one; on a dense index (or with branches that need dense input)
+    it does exactly that.
+
+    Args:
+        blocks: list of `MaskedResidual`.
+        x: float `[B, H, W, C]`.
+        index: `RegionIndex` of `x`'s region.
+
+    Returns:
+        `(dense, compact)`: the updated map `[B, H, W, C]` and the trunk at the region
+        pixels `[N, C]` (for a dense index, the map itself).
+    """
+    if index.dense or not all(hasattr(b.branch, "apply_from_compact") for b in blocks):
+        for block in blocks:
+            x = block(x, region=index, training=training)
+        return x, index.gather(x)
+    index.check_features(x, "residual block inputs")
+    values = index.gather(x)
+    for block in blocks:
+        values = block.apply_compact(values, index, training=training)
+    return index.scatter_update(x, values), values

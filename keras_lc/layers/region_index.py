@@ -128,6 +128,13 @@ class RegionIndex:
             return x + values * tf.cast(self.mask, values.dtype)
         return tf.tensor_scatter_nd_add(x, self.coords, values)
 
+    def scatter_update(self, x, values):
+        """`x` with its region pixels replaced by `values` (compact), unchanged elsewhere."""
+        if self.dense:
+            mask = tf.cast(self.mask, values.dtype)
+            return x * (1.0 - mask) + values * mask
+        return tf.tensor_scatter_nd_update(x, self.coords, values)
+
     def neighbours(self, kernel_size, dilation_rate):
         """Flat neighbour indices `[N, kh*kw]` into the map with one zero row appended.
 

@@ -175,6 +175,7 @@ class LayerCascade(keras.Model):
     def rho(self, value):
         self._rho_value = check_rho(value)
         self._rho.assign(self._rho_value)
+        self._reset_functions()  # the compute path at ρ = 1 is chosen when tracing
 
     @property
     def training_mode(self):
@@ -240,6 +241,11 @@ class LayerCascade(keras.Model):
         stage 1's is all-true) and the public outputs.
         """
         dense = self._dense if dense is None else dense
+        # ρ ≥ 1 known when tracing (a Python number, or the model's ρ): every pixel is forwarded,
+        # so skip the per-stage dense/region switch. Only the compute path is fixed here; the
+        # regions still come from the ρ tensor, and the dense path is exact for any region.
+        static_rho = rho if isinstance(rho, (int, float)) else self._rho_value if rho is None else None
+        dense = dense or (static_rho is not None and static_rho >= 1.0)
         x = self._preprocess(inputs)
         in_h, in_w = tf.shape(x)[1], tf.shape(x)[2]
         if forward_all:

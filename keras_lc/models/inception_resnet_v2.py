@@ -18,7 +18,7 @@ runs it with a dense all-true `RegionIndex`. Layer names follow Keras Applicatio
 import keras
 import tensorflow as tf
 
-from keras_lc.layers.masked_residual import MaskedResidual
+from keras_lc.layers.masked_residual import MaskedResidual, residual_blocks
 from keras_lc.layers.region_conv import RegionConv2D
 from keras_lc.layers.region_index import RegionIndex, as_region_index
 
@@ -93,10 +93,11 @@ def _build_branches(branches, input_shape):
             shape = (None, None, None, layer.filters)
 
 
-def _chain(layers, x, index):
-    """Apply a branch of RegionConvBN layers: the first reads the dense map, the rest chain
-    (1×1 convs stay compact; k×k convs read the scattered map of the previous output)."""
-    t = layers[0].apply_at(x, index)
+def _chain(layers, x, index, compact=False):
+    """Apply a branch of RegionConvBN layers: the first reads the dense map (or, with
+    `compact`, the compact trunk: it must be 1×1), the rest chain (1×1 convs stay compact;
+    k×k convs read the scattered map of the previous output)."""
+    t = layers[0].apply_compact(x) if compact else layers[0].apply_at(x, index)
     for layer in layers[1:]:
         t = layer.apply_compact(t) if layer.conv.is_pointwise else layer.apply_at(index.scatter_for_conv(t), index)
     return t
@@ -132,6 +133,11 @@ class InceptionResNetBranch(keras.layers.Layer):
 
     def apply_at(self, x, index, training=None):
         mixed = tf.concat([_chain(branch, x, index) for branch in self.branches], axis=-1)
+        return self.up.apply_compact(mixed)
+
+    def apply_from_compact(self, values, index, training=None):
+        """Compact input `[N, C]` -> compact output: every branch starts with a 1×1 conv."""
+        mixed = tf.concat([_chain(branch, values, index, compact=True) for branch in self.branches], axis=-1)
         return self.up.apply_compact(mixed)
 
     def conv_bn_pairs(self):
@@ -259,12 +265,10 @@ class IRNetStage(keras.layers.Layer):
                 x = block(x, region=full, training=training)
             return self.reduction(x, region=full, training=training)
         index = as_region_index(region)
-        x = inputs
-        for block in self.blocks:
-            x = block(x, region=index, training=training)
+        x, compact = residual_blocks(self.blocks, inputs, index, training=training)  # compact trunk
         if self.stage == 2:
             return self.reduction(x, region=index, training=training)
-        return index.scatter(self.conv_7b.apply_at(x, index))
+        return index.scatter(self.conv_7b.apply_compact(compact))
 
     def conv_bn_pairs(self):
         pairs = []

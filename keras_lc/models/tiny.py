@@ -9,7 +9,7 @@ region convolutions, like IRNet-B/C in the paper. Small enough to train on a
 
 import keras
 
-from keras_lc.layers.masked_residual import MaskedResidual, RegionBottleneck
+from keras_lc.layers.masked_residual import MaskedResidual, RegionBottleneck, residual_blocks
 from keras_lc.layers.region_index import as_region_index
 
 
@@ -76,10 +76,7 @@ class TinyRegionStage(keras.layers.Layer):
 
     def call(self, inputs, region, training=None):
         index = as_region_index(region)
-        x = inputs
-        for block in self.blocks:
-            x = block(x, region=index, training=training)
-        return x
+        return residual_blocks(self.blocks, inputs, index, training=training)[0]  # compact trunk
 
     def compute_output_shape(self, input_shape):
         return input_shape
