@@ -55,6 +55,12 @@ class BottleneckBranch(keras.layers.Layer):
         t = b.apply_at(t if (index.dense and strides != 1) else index.scatter_for_conv(t), index)
         return c.apply_compact(t)
 
+    def apply_from_compact(self, values, index, training=None):
+        """Compact input `[N, C]` -> compact output (stride 1; the first conv is 1×1)."""
+        a, b, c = self.units
+        t = b.apply_at(index.scatter_for_conv(a.apply_compact(values)), index)
+        return c.apply_compact(t)
+
     def units_list(self):
         return list(self.units)
 
@@ -122,6 +128,13 @@ class ResNetStage(keras.layers.Layer):
             index = RegionIndex(tf.ones(tf.shape(x)[:3], tf.bool), dense=True)
         else:
             index = as_region_index(region)
+            if not index.dense:  # compact trunk: gather once, one scatter at the end (zeros outside M)
+                ((_, blocks),) = self.groups
+                branch, shortcut, _ = blocks[0]
+                values = tf.nn.relu(shortcut.apply_at(x, index) + branch.apply_at(x, index))
+                for _, _, residual in blocks[1:]:
+                    values = residual.apply_compact(values, index, training=training)
+                return index.scatter(values)
         for g, blocks in self.groups:
             for i, (branch, shortcut, residual) in enumerate(blocks):
                 if shortcut is not None:
