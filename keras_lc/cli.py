@@ -107,6 +107,14 @@ def cmd_train(args):
     backbone_kwargs = {"width": args.width} if args.width else {}
     if args.width:
         backbone_kwargs.update(bottleneck_channels=args.width, head_channels=args.width)
+    if args.block_counts:
+        try:
+            counts = args.block_counts if isinstance(args.block_counts, list) else str(args.block_counts).split(",")
+            backbone_kwargs["block_counts"] = tuple(int(n) for n in counts)
+        except ValueError:
+            raise SystemExit(f"keras-lc: --block-counts must be three integers like 5,10,5; got {args.block_counts}")
+    if args.imagenet_weights and not Path(args.imagenet_weights).is_file():
+        raise SystemExit(f"keras-lc: --imagenet-weights file not found: {args.imagenet_weights}")
     class_weights = None
     if args.class_weights == "median":
         if args.data == "synthetic":
@@ -121,13 +129,19 @@ def cmd_train(args):
     with strategy.scope():
         model = build_model(args.backbone, num_classes=num_classes, rho=args.rho, ignore_class=ignore,
                             class_weights=class_weights, **backbone_kwargs)
+    if args.imagenet_weights:
+        from keras_lc.models.weights import load_imagenet_weights
+
+        load_imagenet_weights(model, args.imagenet_weights, strict=False)
+        print(f"[keras-lc] loaded ImageNet weights from {args.imagenet_weights}")
     train = _dataset(args, "train", shuffle=True)
     val = _dataset(args, "val")
     print(f"[keras-lc] training LC-{args.backbone} ({model.count_params():,} parameters) on {described}; "
           f"{strategy.num_replicas_in_sync} replica(s), global batch {args.batch_size}, {args.precision}; "
           f"output in {args.out}")
     train_cascade(model, train, val, args.out, args.initial_epochs, args.cascade_epochs, args.learning_rate,
-                  strategy=strategy, optimizer=args.optimizer, callbacks=callbacks,
+                  cascade_learning_rate=args.cascade_learning_rate,
+                  save_freq=args.save_every if args.save_every > 0 else "epoch", strategy=strategy, optimizer=args.optimizer, callbacks=callbacks,
                   verbose=1 if sys.stdout.isatty() else 2)
     if watchdog is not None:
         watchdog.stop()
@@ -418,6 +432,14 @@ def build_parser():
     p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
     p.add_argument("--class-weights", default="none", choices=["none", "median"],
                    help="median: median-frequency class weights from the dataset's classes.json")
+    p.add_argument("--block-counts", default=None,
+                   help="irnet: blocks per stage as A,B,C (default 5,10,5; 10,20,10 is the full network)")
+    p.add_argument("--imagenet-weights", default=None,
+                   help="irnet/resnet*: a Keras Applications notop weights file to start from")
+    p.add_argument("--cascade-learning-rate", type=float, default=None,
+                   help="cascade phase learning rate (default 0.3 x --learning-rate)")
+    p.add_argument("--save-every", type=int, default=0,
+                   help="resume checkpoint every N steps (default 0: every epoch)")
     p.add_argument("--val-images", type=int, default=64)
     p.add_argument("--out", default="runs/demo", help="output folder (model.keras, checkpoints, logs)")
     p.add_argument("--strategy", default="default", choices=["default", "mirrored", "multi_worker"],

@@ -108,3 +108,19 @@ def test_shipped_recipes_parse():
         parser = cli.build_parser()
         args = parser.parse_args(cli._apply_recipe(parser, ["train", "--recipe", str(recipe)]))
         assert args.initial_epochs > 0 and args.out
+
+
+def test_train_flags_reach_the_library(tmp_path, monkeypatch):
+    import keras_lc.cli as cli
+    import keras_lc.training as training
+
+    seen = {}
+    monkeypatch.setattr(training, "train_cascade", lambda model, *a, **kw: seen.update(model=model, args=a, **kw))
+    cli.main(["train", "--backbone", "irnet", "--block-counts", "1,1,1", "--num-images", "2", "--image-size", "32",
+              "--save-every", "7", "--cascade-learning-rate", "1e-4", "--out", str(tmp_path)])
+    assert [s.num_blocks for s in seen["model"].stages] == [1, 1, 1]
+    assert seen["save_freq"] == 7 and seen["cascade_learning_rate"] == 1e-4
+    with pytest.raises(SystemExit, match="--block-counts"):
+        cli.main(["train", "--backbone", "irnet", "--block-counts", "a,b", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--imagenet-weights file not found"):
+        cli.main(["train", "--backbone", "irnet", "--imagenet-weights", str(tmp_path / "no.h5"), "--out", str(tmp_path)])
