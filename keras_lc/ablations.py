@@ -31,7 +31,7 @@ def lc_label_keep(lc_dir):
 
 
 def train_variant(variant, build, train_data, val_data, root, initial_epochs, cascade_epochs, learning_rate,
-                  rho, label_keep=None, verbose=2):
+                  rho, label_keep=None, name=None, verbose=2):
     """Train one variant of Table 2 into `<root>/<variant>` (resumable) and return the model.
 
     Args:
@@ -44,6 +44,8 @@ def train_variant(variant, build, train_data, val_data, root, initial_epochs, ca
         rho: the LC threshold (for lc and model_cascade).
         label_keep: for dsn_dropout, the 3 keep probabilities (default: LC's, read from
             `<root>/lc/history.json`).
+        name: the run's folder under `root` (default: the variant), e.g. "lc_rho0.9" for
+            LC trained at another ρ (the paper's Table 1 trains one LC per ρ).
 
     Returns:
         `(model, eval_rho)`: the trained model (final weights) and the ρ to evaluate it at.
@@ -53,7 +55,7 @@ def train_variant(variant, build, train_data, val_data, root, initial_epochs, ca
     if variant not in VARIANTS:
         raise ValueError(f"Unknown variant {variant!r}; choose one of {VARIANTS}.")
     root = Path(root)
-    out = root / variant
+    out = root / (name or variant)
     model = build()
     model.rho = rho
     low_lr = 0.3 * learning_rate

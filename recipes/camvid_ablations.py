@@ -3,6 +3,7 @@
 Run from the project root (each variant resumes where it stopped; finished ones are only evaluated):
     python recipes/camvid_ablations.py                      # all variants, then the table
     python recipes/camvid_ablations.py --variants lc,dsn    # some of them
+    python recipes/camvid_ablations.py --variants "" --lc-rhos 0.985,0.9   # LC trained at other rho (Table 1)
 Budget on the project's 2-core CPU: the camvid_cpu recipe's 45 epochs (30 initial + 15 cascade, ~65 s each)
 per variant; the initial phase is shared by lc, dsn and dsn_dropout, so all five take ~3 h.
 Output: runs/ablations/<variant>/{model,best}.keras and runs/ablations/table2.json.
@@ -30,6 +31,7 @@ INITIAL_EPOCHS, CASCADE_EPOCHS, LEARNING_RATE, RHO = 30, 15, 2e-3, 0.95
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {','.join(VARIANTS)}")
+parser.add_argument("--lc-rhos", default="", help="also train LC at these rho (comma-separated): Table 1 trained")
 parser.add_argument("--data-dir", default=DATA_DIR)
 parser.add_argument("--out", default="runs/ablations")
 args = parser.parse_args()
@@ -47,19 +49,21 @@ def build():
 
 table_file = Path(args.out) / "table2.json"
 table = json.loads(table_file.read_text()) if table_file.exists() else {}
-for variant in args.variants.split(","):
+runs = [(v, v, RHO) for v in args.variants.split(",") if v]
+runs += [("lc", f"lc_rho{r}", float(r)) for r in args.lc_rhos.split(",") if r]
+for variant, name, rho in runs:
     start = time.time()
     model, eval_rho = train_variant(variant, build, train, val, args.out, INITIAL_EPOCHS, CASCADE_EPOCHS,
-                                    LEARNING_RATE, RHO, verbose=2)
+                                    LEARNING_RATE, rho, name=name, verbose=2)
     row = {"rho": eval_rho, "train_s_this_call": round(time.time() - start)}
-    best = Path(args.out) / variant / "best.keras"
+    best = Path(args.out) / name / "best.keras"
     for name, m in (("final", model), ("best", keras.saving.load_model(best) if best.exists() else None)):
         if m is not None:
             result = evaluate_cascade(m, val, rho=eval_rho, class_names=info["names"])
             row[name] = {key: result[key] for key in ("miou", "pixel_accuracy", "stage_share", "per_class_iou")}
-    table[variant] = row
+    table[name] = row
     table_file.write_text(json.dumps(table, indent=1))
-    print(f"[ablations] {variant}: mIoU final {row['final']['miou']:.4f}"
+    print(f"[ablations] {name}: mIoU final {row['final']['miou']:.4f}"
           + (f", best epoch {row['best']['miou']:.4f}" if "best" in row else "") + f" at rho {eval_rho}", flush=True)
 
 print("\n| variant | rho | val mIoU (final) | val mIoU (best epoch) | decided at stage 1/2/3 |\n|---|---|---|---|---|")
