@@ -38,6 +38,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     from keras_lc import build_model
     from keras_lc.layers import RegionIndex
+    from keras_lc.models.factory import DENSE_THRESHOLDS
 
     model = build_model(args.backbone, num_classes=21, rho=1.0)
     x = tf.constant(np.random.default_rng(0).integers(0, 256, (1, args.size, args.size, 3)).astype(np.uint8))
@@ -57,7 +58,8 @@ def main(argv=None):
         return run
 
     dense_fn = make(True, None)
-    auto_fn, region_fn = make(False, 0.7), make(False, None)
+    threshold = DENSE_THRESHOLDS[args.backbone]
+    auto_fn, region_fn = make(False, threshold), make(False, None)
     h = args.size // 8
     regions = {fr: tf.constant(blob(h, h, fr)) for fr in args.fractions}
     full = tf.constant(np.ones((1, h, h), bool))
@@ -73,7 +75,7 @@ def main(argv=None):
             times[name].append(time.perf_counter() - t)
     med = {k: float(np.median(v)) for k, v in times.items()}
     print(f"{args.backbone} at {args.size}x{args.size}, batch 1, median of {args.repeats}; dense "
-          f"{1 / med['dense']:.2f} images/s ({1000 * med['dense']:.0f} ms)")
+          f"{1 / med['dense']:.2f} images/s ({1000 * med['dense']:.0f} ms); auto = dense above {threshold:.0%} forwarded")
     print("| forwarded after stage 1 | cascade, auto dense fallback (images/s) | vs dense | cascade, region path only | vs dense |")
     print("|---|---|---|---|---|")
     rows = []

@@ -30,11 +30,16 @@ def _resnet(depth):
     return build
 
 
+# Forwarded fraction above which a region stage runs densely, measured per backbone on the 2-core CPU
+# (benchmarks/backbone_speed.py: IRNet/ResNet region stages still win at 75% and lose at 100%; the tiny
+# stages break even near 65-70%, docs/RESULTS.md).
+DENSE_THRESHOLDS = {"tiny": 0.7, "irnet": 0.9, "resnet50": 0.9, "resnet101": 0.9}
+
 BACKBONES = {"tiny": _tiny, "irnet": _irnet, "resnet50": _resnet("resnet50"), "resnet101": _resnet("resnet101")}
 
 
 def build_model(backbone="tiny", num_classes=5, rho=0.985, input_shape=(None, None, 3), ignore_class=None,
-                training_mode="cascade", dense_threshold=0.7, class_weights=None, loss_weights=None, label_keep=None,
+                training_mode="cascade", dense_threshold="auto", class_weights=None, loss_weights=None, label_keep=None,
                 **backbone_kwargs):
     """Build a LayerCascade on a named backbone.
 
@@ -47,7 +52,9 @@ def build_model(backbone="tiny", num_classes=5, rho=0.985, input_shape=(None, No
         input_shape: `(H, W, 3)`, H and W may be None.
         ignore_class: int or None, the void label.
         training_mode: "initial" or "cascade".
-        dense_threshold, class_weights, loss_weights, label_keep: see `LayerCascade`.
+        dense_threshold: see `LayerCascade`; "auto" (default) takes the backbone's measured
+            crossover from `DENSE_THRESHOLDS`.
+        class_weights, loss_weights, label_keep: see `LayerCascade`.
         **backbone_kwargs: passed to the backbone builder (e.g. `width=32`).
 
     Returns:
@@ -67,6 +74,8 @@ def build_model(backbone="tiny", num_classes=5, rho=0.985, input_shape=(None, No
         stages, head_kwargs = BACKBONES[backbone](**backbone_kwargs)
     except TypeError as e:
         raise ValueError(f"Bad argument for backbone {backbone!r}: {e}") from None
+    if dense_threshold == "auto":
+        dense_threshold = DENSE_THRESHOLDS[backbone]
     heads = [StageHead(num_classes, name=f"head{k}", **head_kwargs) for k in (1, 2, 3)]
     model = LayerCascade(
         stages, heads, num_classes, rho=rho, ignore_class=ignore_class, training_mode=training_mode,
