@@ -70,15 +70,10 @@ def train_variant(variant, build, train_data, val_data, root, initial_epochs, ca
         shared_initial()
         train_phase(model, train_data, val_data, out, "cascade", cascade_epochs, low_lr, keep_best=True, **phase)
         eval_rho = rho
-    elif variant == "dsn":
-        shared_initial()
-        model.rho = 1.0
-        train_phase(model, train_data, val_data, out, "cascade", cascade_epochs, low_lr, training_mode="initial",
-                    keep_best=True, **phase)
-        eval_rho = 1.0
-    elif variant == "dsn_dropout":
-        model.label_keep = tuple(label_keep) if label_keep is not None else lc_label_keep(root / "lc")
-        shared_initial()
+    elif variant in ("dsn", "dsn_dropout"):
+        shared_initial()  # (before label dropout is set: the shared phase is plain DSN training)
+        if variant == "dsn_dropout":
+            model.label_keep = tuple(label_keep) if label_keep is not None else lc_label_keep(root / "lc")
         model.rho = 1.0
         train_phase(model, train_data, val_data, out, "cascade", cascade_epochs, low_lr, training_mode="initial",
                     keep_best=True, **phase)
