@@ -32,6 +32,7 @@ INITIAL_EPOCHS, CASCADE_EPOCHS, LEARNING_RATE, RHO = 30, 15, 2e-3, 0.95
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {','.join(VARIANTS)}")
 parser.add_argument("--lc-rhos", default="", help="also train LC at these rho (comma-separated): Table 1 trained")
+parser.add_argument("--report", action="store_true", help="only print the table of what has been trained")
 parser.add_argument("--data-dir", default=DATA_DIR)
 parser.add_argument("--out", default="runs/ablations")
 args = parser.parse_args()
@@ -49,25 +50,35 @@ def build():
 
 table_file = Path(args.out) / "table2.json"
 table = json.loads(table_file.read_text()) if table_file.exists() else {}
-runs = [(v, v, RHO) for v in args.variants.split(",") if v]
-runs += [("lc", f"lc_rho{r}", float(r)) for r in args.lc_rhos.split(",") if r]
+runs = [(v, v, RHO) for v in args.variants.split(",") if v and not args.report]
+runs += [("lc", f"lc_rho{r}", float(r)) for r in args.lc_rhos.split(",") if r and not args.report]
 for variant, name, rho in runs:
     start = time.time()
     model, eval_rho = train_variant(variant, build, train, val, args.out, INITIAL_EPOCHS, CASCADE_EPOCHS,
                                     LEARNING_RATE, rho, name=name, verbose=2)
     row = {"rho": eval_rho, "train_s_this_call": round(time.time() - start)}
     best = Path(args.out) / name / "best.keras"
-    for name, m in (("final", model), ("best", keras.saving.load_model(best) if best.exists() else None)):
+    for kind, m in (("final", model), ("best", keras.saving.load_model(best) if best.exists() else None)):
         if m is not None:
             result = evaluate_cascade(m, val, rho=eval_rho, class_names=info["names"])
-            row[name] = {key: result[key] for key in ("miou", "pixel_accuracy", "stage_share", "per_class_iou")}
+            row[kind] = {key: result[key] for key in ("miou", "pixel_accuracy", "stage_share", "per_class_iou")}
     table[name] = row
     table_file.write_text(json.dumps(table, indent=1))
     print(f"[ablations] {name}: mIoU final {row['final']['miou']:.4f}"
           + (f", best epoch {row['best']['miou']:.4f}" if "best" in row else "") + f" at rho {eval_rho}", flush=True)
 
-print("\n| variant | rho | val mIoU (final) | val mIoU (best epoch) | decided at stage 1/2/3 |\n|---|---|---|---|---|")
-for variant, row in table.items():
-    share = "/".join(f"{100 * s:.0f}%" for s in row["final"]["stage_share"])
+
+def last_epochs_miou(name, n=5):
+    """Mean validation mIoU of the last n epochs of a run's last phase (as logged by fit, at its rho)."""
+    history = json.loads((Path(args.out) / name / "history.json").read_text())
+    values = list(history.values())[-1]["val_miou"][-n:]
+    return sum(values) / len(values)
+
+
+print("\n| variant | rho | val mIoU, final weights | best epoch | mean of last 5 epochs | decided at stage 1/2/3 |")
+print("|---|---|---|---|---|---|")
+for name, row in table.items():
+    share = " / ".join(f"{100 * s:.1f}%" for s in row["final"]["stage_share"])
     best = f"{100 * row['best']['miou']:.2f}" if "best" in row else "-"
-    print(f"| {variant} | {row['rho']} | {100 * row['final']['miou']:.2f} | {best} | {share} |")
+    print(f"| {name} | {row['rho']} | {100 * row['final']['miou']:.2f} | {best} | {100 * last_epochs_miou(name):.2f} "
+          f"| {share} |")
