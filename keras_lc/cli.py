@@ -140,7 +140,7 @@ def cmd_train(args):
           f"{strategy.num_replicas_in_sync} replica(s), global batch {args.batch_size}, {args.precision}; "
           f"output in {args.out}")
     train_cascade(model, train, val, args.out, args.initial_epochs, args.cascade_epochs, args.learning_rate,
-                  cascade_learning_rate=args.cascade_learning_rate,
+                  cascade_learning_rate=args.cascade_learning_rate, lr_schedule=args.lr_schedule,
                   save_freq=args.save_every if args.save_every > 0 else "epoch", strategy=strategy, optimizer=args.optimizer, callbacks=callbacks,
                   verbose=1 if sys.stdout.isatty() else 2)
     if watchdog is not None:
@@ -438,6 +438,8 @@ def build_parser():
                    help="irnet/resnet*: a Keras Applications notop weights file to start from")
     p.add_argument("--cascade-learning-rate", type=float, default=None,
                    help="cascade phase learning rate (default 0.3 x --learning-rate)")
+    p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
+                   help="cosine: each phase decays its learning rate to 0")
     p.add_argument("--save-every", type=int, default=0,
                    help="resume checkpoint every N steps (default 0: every epoch)")
     p.add_argument("--val-images", type=int, default=64)

@@ -24,6 +24,7 @@ def train_cascade(
     callbacks=None,
     strategy=None,
     optimizer="adam",
+    lr_schedule="constant",
     verbose=1,
 ):
     """Train a LayerCascade: `initial_epochs` in "initial" mode, then `cascade_epochs` in "cascade" mode.
@@ -38,7 +39,8 @@ def train_cascade(
     loaded from its weights file and skipped, an unfinished one continues from its
     backup (`keras.callbacks.BackupAndRestore`).
 
-    `optimizer` is "adam" or "sgd" (momentum 0.9), made anew for each phase.
+    `optimizer` is "adam" or "sgd" (momentum 0.9), made anew for each phase;
+    `lr_schedule` "constant" or "cosine" (each phase decays to 0 over its epochs).
     `callbacks` are extra Keras callbacks for both phases. With a `tf.distribute`
     `strategy` (the model must have been built in its scope), the optimizer is made in
     the scope too, and only the chief writes checkpoints, logs and the model; the
@@ -57,7 +59,7 @@ def train_cascade(
         history = train_phase(
             model, train_data, val_data, out_dir, phase, epochs, lr, training_mode=phase,
             save_freq=save_freq, tensorboard=tensorboard, callbacks=callbacks, strategy=strategy,
-            optimizer=optimizer, keep_best=phase == "cascade", verbose=verbose,
+            optimizer=optimizer, lr_schedule=lr_schedule, keep_best=phase == "cascade", verbose=verbose,
         )
         if history is not None:
             histories[phase] = history
@@ -84,6 +86,7 @@ def train_phase(
     callbacks=None,
     strategy=None,
     optimizer="adam",
+    lr_schedule="constant",
     keep_best=False,
     verbose=1,
 ):
@@ -92,7 +95,9 @@ def train_phase(
     A finished phase (`<phase>.weights.h5` exists) is loaded and skipped; an
     interrupted one resumes from `backup/<phase>/`. With `keep_best` and `val_data`,
     `best.keras` keeps the best validation mIoU. The history is appended to
-    `history.json` under `phase`. Phases compose: `train_cascade` is "initial" then
+    `history.json` under `phase`. `lr_schedule` "cosine" decays the rate to 0 over the
+    phase (the last epochs' weights then differ little, so the final model is less of a
+    lottery than with a constant rate); it needs a dataset of known length. Phases compose: `train_cascade` is "initial" then
     "cascade"; the ablation recipe chains its own (e.g. one phase per stage, with the
     earlier stages frozen, for the Model Cascade).
 
@@ -101,8 +106,16 @@ def train_phase(
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer {optimizer!r}; choose one of {sorted(OPTIMIZERS)}.")
+    if lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"Unknown lr_schedule {lr_schedule!r}; choose 'constant' or 'cosine'.")
     if epochs <= 0:
         return None
+    rate = learning_rate
+    if lr_schedule == "cosine":
+        steps = int(train_data.cardinality()) if hasattr(train_data, "cardinality") else -1
+        if steps <= 0:
+            raise ValueError("lr_schedule='cosine' needs a training dataset of known, finite length.")
+        rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps * epochs)
     chief = is_chief(strategy)
     out = Path(out_dir)
     if chief:
@@ -118,7 +131,7 @@ def train_phase(
         print(f"[keras-lc] {phase} training: {epochs} epochs, lr {learning_rate:g}, rho {model.rho:g}")
     model.training_mode = training_mode
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        model.compile(optimizer=OPTIMIZERS[optimizer](learning_rate))
+        model.compile(optimizer=OPTIMIZERS[optimizer](rate))
     phase_callbacks = [keras.callbacks.BackupAndRestore(str(scratch / "backup" / phase), save_freq=save_freq)]
     if tensorboard and chief:
         phase_callbacks.append(keras.callbacks.TensorBoard(str(out / "logs" / phase), write_graph=False))

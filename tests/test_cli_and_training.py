@@ -124,3 +124,22 @@ def test_train_flags_reach_the_library(tmp_path, monkeypatch):
         cli.main(["train", "--backbone", "irnet", "--block-counts", "a,b", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="--imagenet-weights file not found"):
         cli.main(["train", "--backbone", "irnet", "--imagenet-weights", str(tmp_path / "no.h5"), "--out", str(tmp_path)])
+
+
+def test_cosine_schedule_decays_each_phase_to_zero(tmp_path):
+    from conftest import SMALL
+
+    from keras_lc import build_model
+    from keras_lc.data import synthetic
+    from keras_lc.training import train_phase
+
+    keras.utils.set_random_seed(0)
+    model = build_model("tiny", num_classes=4, rho=0.9, ignore_class=4, **SMALL)
+    train = synthetic(8, 32, 32, 4, seed=0, batch_size=4)
+    train_phase(model, train, None, tmp_path, "p", 2, 1e-2, lr_schedule="cosine", verbose=0)
+    assert model.optimizer.iterations.numpy() == 4
+    assert float(model.optimizer.learning_rate) < 1e-6  # 4 of 4 decay steps done
+    with pytest.raises(ValueError, match="lr_schedule"):
+        train_phase(model, train, None, tmp_path, "q", 1, 1e-2, lr_schedule="step", verbose=0)
+    with pytest.raises(ValueError, match="known, finite length"):
+        train_phase(model, train.repeat(), None, tmp_path, "r", 1, 1e-2, lr_schedule="cosine", verbose=0)
