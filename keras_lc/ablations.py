@@ -59,16 +59,15 @@ def train_variant(variant, build, train_data, val_data, root, initial_epochs, ca
     model = build()
     model.rho = rho
     low_lr = 0.3 * learning_rate
-    phase = dict(verbose=verbose)
 
     def shared_initial():
         train_phase(model, train_data, val_data, root / "initial", "initial", initial_epochs, learning_rate,
-                    training_mode="initial", **phase)
+                    training_mode="initial", verbose=verbose)
         model.load_weights(root / "initial" / "initial.weights.h5")
 
     if variant == "lc":
         shared_initial()
-        train_phase(model, train_data, val_data, out, "cascade", cascade_epochs, low_lr, keep_best=True, **phase)
+        train_phase(model, train_data, val_data, out, "cascade", cascade_epochs, low_lr, keep_best=True, verbose=verbose)
         eval_rho = rho
     elif variant in ("dsn", "dsn_dropout"):
         shared_initial()  # (before label dropout is set: the shared phase is plain DSN training)
@@ -76,15 +75,15 @@ def train_variant(variant, build, train_data, val_data, root, initial_epochs, ca
             model.label_keep = tuple(label_keep) if label_keep is not None else lc_label_keep(root / "lc")
         model.rho = 1.0
         train_phase(model, train_data, val_data, out, "cascade", cascade_epochs, low_lr, training_mode="initial",
-                    keep_best=True, **phase)
+                    keep_best=True, verbose=verbose)
         eval_rho = 1.0
     elif variant == "baseline":
         model.loss_weights = (0.0, 0.0, 1.0)
         model.rho = 1.0
         train_phase(model, train_data, val_data, out, "initial", initial_epochs, learning_rate,
-                    training_mode="initial", **phase)
+                    training_mode="initial", verbose=verbose)
         train_phase(model, train_data, val_data, out, "final", cascade_epochs, low_lr, training_mode="initial",
-                    keep_best=True, **phase)
+                    keep_best=True, verbose=verbose)
         eval_rho = 1.0
     else:  # model_cascade: stage k trained alone on what stages < k forward, those frozen
         total = initial_epochs + cascade_epochs
@@ -95,7 +94,7 @@ def train_variant(variant, build, train_data, val_data, root, initial_epochs, ca
                 model.stages[j].trainable = False
                 model.heads[j].trainable = False
             train_phase(model, train_data, val_data, out, f"stage{k + 1}", budgets[k], learning_rate,
-                        training_mode="cascade", keep_best=k == 2, **phase)
+                        training_mode="cascade", keep_best=k == 2, verbose=verbose)
         for layer in (*model.stages, *model.heads):
             layer.trainable = True
         eval_rho = rho

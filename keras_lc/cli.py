@@ -141,7 +141,8 @@ def cmd_train(args):
           f"output in {args.out}")
     train_cascade(model, train, val, args.out, args.initial_epochs, args.cascade_epochs, args.learning_rate,
                   cascade_learning_rate=args.cascade_learning_rate, lr_schedule=args.lr_schedule,
-                  save_freq=args.save_every if args.save_every > 0 else "epoch", strategy=strategy, optimizer=args.optimizer, callbacks=callbacks,
+                  save_freq=args.save_every if args.save_every > 0 else "epoch", strategy=strategy,
+                  optimizer=args.optimizer, callbacks=callbacks,
                   verbose=1 if sys.stdout.isatty() else 2)
     if watchdog is not None:
         watchdog.stop()

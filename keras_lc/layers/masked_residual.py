@@ -64,8 +64,9 @@ class MaskedResidual(keras.layers.Layer):
         if self.activation is None:
             return index.scatter_add(inputs, update)
         # Activation only where the block is computed; outside, the input is copied.
-        inside = self.activation(index.gather(inputs) + update)
-        return index.scatter_add(inputs, inside - index.gather(inputs))
+        gathered = index.gather(inputs)
+        inside = self.activation(gathered + update)
+        return index.scatter_add(inputs, inside - gathered)
 
     def apply_compact(self, values, index, training=None):
         """The block on compact features: `[N, C]` at the region pixels -> `[N, C]`.
