@@ -98,11 +98,11 @@ def main():
 
     @tf.function
     def dense(x):
-        return model._forward(x, rho=1.0, dense=True)["labels"]
+        return model.forward_details(x, rho=1.0, dense=True)["labels"]
 
     @tf.function
     def cascade(x, rho):
-        return model._forward(x, rho=rho, dense=False)["labels"]
+        return model.forward_details(x, rho=rho, dense=False)["labels"]
 
     rho = tf.constant(args.rho, tf.float32)
     results = {"dense": profile(dense, (images,), args.runs),

@@ -8,9 +8,9 @@ m = keras.models.load_model(sys.argv[1] if len(sys.argv) > 1 else "saved_models/
 ims = [tf.io.decode_png(tf.io.read_file(p), channels=3).numpy() for p in sorted(glob.glob("../shared/data/camvid/val/images/*.png"))[:8]]
 for b in (1, 8):
     x = tf.constant(np.stack(ims[:b]))
-    fa = tf.function(lambda x: m._forward(x, rho=1.0, dense=True)["labels"])
-    fb = tf.function(lambda x: m._forward(x, rho=tf.constant(1.0), dense=False)["labels"])
-    fc = tf.function(lambda x: m._forward(x, rho=tf.constant(0.95), dense=False)["labels"])
+    fa = tf.function(lambda x: m.forward_details(x, rho=1.0, dense=True)["labels"])
+    fb = tf.function(lambda x: m.forward_details(x, rho=tf.constant(1.0), dense=False)["labels"])
+    fc = tf.function(lambda x: m.forward_details(x, rho=tf.constant(0.95), dense=False)["labels"])
     for f in (fa, fb, fc): f(x)
     ts = {"dense": [], "rho1": [], "rho0.95": []}
     for _ in range(12 if b == 1 else 5):

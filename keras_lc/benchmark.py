@@ -16,7 +16,7 @@ from keras_lc.layers.stage_head import check_rho
 def _cascade_fn(model):
     @tf.function(reduce_retracing=True)
     def run(images, rho):
-        out = model._forward(images, rho=rho, training=False, dense=False)
+        out = model.forward_details(images, rho=rho, training=False, dense=False)
         return out["labels"], out["stage"]
 
     return run
@@ -25,7 +25,7 @@ def _cascade_fn(model):
 def _dense_fn(model):
     @tf.function(reduce_retracing=True)
     def run(images):
-        out = model._forward(images, rho=1.0, training=False, dense=True)
+        out = model.forward_details(images, rho=1.0, training=False, dense=True)
         return out["labels"], out["stage"]
 
     return run

@@ -55,7 +55,7 @@ def serving_functions(model, include_probs=False):
     """The four serving `tf.function`s of `model`, keyed by signature name."""
 
     def outputs(images, rho):
-        out = model._forward(_checked_images(images), rho=rho, training=False, dense=False)
+        out = model.forward_details(_checked_images(images), rho=rho, training=False, dense=False)
         result = {"labels": out["labels"], "stage": out["stage"]}
         if include_probs:
             result["probs"] = out["probs"]

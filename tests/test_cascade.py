@@ -70,7 +70,7 @@ def test_auto_dense_fallback_gives_same_outputs(small_model, images):
 
 def test_stage_map_matches_regions(small_model, images):
     rho = _partial_rho(small_model, images)
-    out = small_model._forward(images, rho=rho)
+    out = small_model.forward_details(images, rho=rho)
     r2, r3 = out["regions"][1].numpy(), out["regions"][2].numpy()
     assert np.all(r3 <= r2)
     p1 = out["probs_per_stage"][0].numpy().max(-1)
@@ -93,7 +93,7 @@ def test_cascade_gradients_zero_outside_region(small_model, images):
     rho = _partial_rho(small_model, images)
     labels = np.random.default_rng(1).integers(0, 5, size=(2, 32, 40))
     with tf.GradientTape() as tape:
-        out = small_model._forward(images, rho=rho, training=True)
+        out = small_model.forward_details(images, rho=rho, training=True)
         loss = tf.add_n(small_model.stage_losses(out, labels))
     g2, g3 = tape.gradient(loss, [out["logits"][1], out["logits"][2]])
     for g, region in ((g2, out["regions"][1]), (g3, out["regions"][2])):
@@ -109,7 +109,7 @@ def test_sparse_and_dense_training_gradients_agree(small_model, images):
 
     def grads(dense):
         with tf.GradientTape() as tape:
-            out = small_model._forward(images, rho=rho, training=False, dense=dense)
+            out = small_model.forward_details(images, rho=rho, training=False, dense=dense)
             loss = tf.add_n(small_model.stage_losses(out, labels))
         return tape.gradient(loss, small_model.trainable_variables)
 
@@ -141,7 +141,7 @@ def test_fit_lowers_loss(mode):
 def test_ignore_label_does_not_count(small_model, images):
     labels = np.full((2, 32, 40), 4)
     labels[:, :4, :4] = 1
-    out = small_model._forward(images, rho=1.0)
+    out = small_model.forward_details(images, rho=1.0)
     a = small_model.stage_losses(out, labels)
     labels2 = labels.copy()
     labels2[:, 10:, 10:] = 4  # already ignore; change nothing else

@@ -180,7 +180,8 @@ def test_cityscapes_layout_maps_train_ids(tmp_path):
         directory_dataset(tmp_path, "val", layout="ade20k")
 
 
-def test_cli_median_class_weights(camvid_like, tmp_path):
+@pytest.mark.parametrize("mode, expected", [("median", [0.5, 1.0, 2.0, 4.0]), ("median-sqrt", [0.707107, 1.0, 1.414214, 2.0])])
+def test_cli_median_class_weights(camvid_like, tmp_path, mode, expected):
     import keras
 
     from keras_lc.cli import main
@@ -189,6 +190,6 @@ def test_cli_median_class_weights(camvid_like, tmp_path):
     info["segnet_class_weighting_median_freq"] = [0.5, 1.0, 2.0, 4.0]
     (camvid_like / "classes.json").write_text(json.dumps(info))
     main(["train", "--data", "camvid", "--data-dir", str(camvid_like), "--crop", "32", "--batch-size", "2",
-          "--initial-epochs", "1", "--cascade-epochs", "0", "--width", "8", "--class-weights", "median",
+          "--initial-epochs", "1", "--cascade-epochs", "0", "--width", "8", "--class-weights", mode,
           "--out", str(tmp_path / "run")])
-    assert keras.models.load_model(tmp_path / "run" / "model.keras").class_weights == [0.5, 1.0, 2.0, 4.0]
+    assert keras.models.load_model(tmp_path / "run" / "model.keras").class_weights == expected

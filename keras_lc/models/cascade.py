@@ -201,7 +201,7 @@ class LayerCascade(keras.Model):
     # --------------------------------------------------------------- forward
     def build(self, input_shape):
         # Create every variable with one small dense forward (no tf.cond involved).
-        self._forward(tf.zeros([1, 32, 32, 3], tf.float32), dense=True)
+        self.forward_details(tf.zeros([1, 32, 32, 3], tf.float32), dense=True)
 
     def _preprocess(self, inputs):
         if not tf.is_tensor(inputs):
@@ -232,13 +232,28 @@ class LayerCascade(keras.Model):
         fraction = tf.reduce_mean(tf.cast(region, tf.float32))
         return tf.cond(fraction >= self.dense_threshold, lambda: run(True), lambda: run(False))
 
-    def _forward(self, inputs, rho=None, training=False, dense=None, forward_all=False):
-        """Everything the step functions need.
+    def forward_details(self, inputs, rho=None, training=False, dense=None, forward_all=False):
+        """The forward pass with its internals: what the steps, `bench`, export and analysis use.
 
-        `forward_all=True` is the initial (DSN) step: every stage computes every
-        pixel (densely) and every pixel counts as reaching stage 3.
-        Returns a dict with lists `logits`, `probs`, `regions` (stage k's region;
-        stage 1's is all-true) and the public outputs.
+        Args:
+            inputs: uint8 or float `[B, H, W, 3]` images in 0..255.
+            rho: float or float32 scalar tensor in (0, 1]; None takes the model's ρ.
+                A Python ρ ≥ 1 (or the model's, when `rho` is None) is known while tracing
+                and selects the dense compute path with no switch.
+            training: bool, BatchNormalization mode.
+            dense: bool or None (the model's `dense` flag): compute every stage densely and
+                mask (the same numbers as the region path; the reference and the baseline
+                that `bench` compares against).
+            forward_all: bool; the initial (DSN) step: every stage computes every pixel
+                densely and every pixel counts as reaching stage 3.
+
+        Returns:
+            dict with, at the stage resolution `[B, h, w]` (output stride 4 or 8):
+            `logits` and `probs_per_stage`, lists of 3 float32 `[B, h, w, K]` (zeros outside
+            the stage's region); `regions`, list of 3 bool `[B, h, w]` (the pixels each stage
+            computes; stage 1's is all true); and at the input resolution: `labels` int32
+            `[B, H, W]`, `probs` float32 `[B, H, W, K]`, `stage` uint8 `[B, H, W]` (1..3, the
+            deciding stage).
         """
         dense = self._dense if dense is None else dense
         # ρ ≥ 1 known when tracing (a Python number, or the model's ρ): every pixel is forwarded,
@@ -277,7 +292,7 @@ class LayerCascade(keras.Model):
         }
 
     def call(self, inputs, rho=None, training=False):
-        out = self._forward(inputs, rho=rho, training=training)
+        out = self.forward_details(inputs, rho=rho, training=training)
         p1, p2, p3 = out["probs_per_stage"]
         return {
             "labels": out["labels"],
@@ -384,7 +399,7 @@ class LayerCascade(keras.Model):
     def train_step(self, data):
         images, labels = self._unpack(data)
         with tf.GradientTape() as tape:
-            out = self._forward(images, training=True, forward_all=self._training_mode == "initial")
+            out = self.forward_details(images, training=True, forward_all=self._training_mode == "initial")
             if self.label_keep is not None:
                 out = self._drop_labels(out)
             losses = self.stage_losses(out, labels)
@@ -402,7 +417,7 @@ class LayerCascade(keras.Model):
 
     def test_step(self, data):
         images, labels = self._unpack(data)
-        out = self._forward(images, training=False)
+        out = self.forward_details(images, training=False)
         losses = self._global(self.stage_losses(out, labels))
         return self._update_metrics(tf.add_n(losses), losses, out, labels)
 
