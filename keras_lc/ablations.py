@@ -31,7 +31,7 @@ def lc_label_keep(lc_dir):
 
 
 def train_variant(variant, build, train_data, val_data, root, initial_epochs, cascade_epochs, learning_rate,
-                  rho, label_keep=None, name=None, verbose=2):
+                  rho, label_keep=None, name=None, lr_schedule="constant", verbose=2):
     """Train one variant of Table 2 into `<root>/<variant>` (resumable) and return the model.
 
     Args:
@@ -46,6 +46,7 @@ def train_variant(variant, build, train_data, val_data, root, initial_epochs, ca
             `<root>/lc/history.json`).
         name: the run's folder under `root` (default: the variant), e.g. "lc_rho0.9" for
             LC trained at another ρ (the paper's Table 1 trains one LC per ρ).
+        lr_schedule: "constant" or "cosine", for every phase (see `train_phase`).
 
     Returns:
         `(model, eval_rho)`: the trained model (final weights) and the ρ to evaluate it at.
@@ -62,12 +63,12 @@ def train_variant(variant, build, train_data, val_data, root, initial_epochs, ca
 
     def shared_initial():
         train_phase(model, train_data, val_data, root / "initial", "initial", initial_epochs, learning_rate,
-                    training_mode="initial", verbose=verbose)
+                    training_mode="initial", lr_schedule=lr_schedule, verbose=verbose)
         model.load_weights(root / "initial" / "initial.weights.h5")
 
     if variant == "lc":
         shared_initial()
-        train_phase(model, train_data, val_data, out, "cascade", cascade_epochs, low_lr, keep_best=True, verbose=verbose)
+        train_phase(model, train_data, val_data, out, "cascade", cascade_epochs, low_lr, keep_best=True, lr_schedule=lr_schedule, verbose=verbose)
         eval_rho = rho
     elif variant in ("dsn", "dsn_dropout"):
         shared_initial()  # (before label dropout is set: the shared phase is plain DSN training)
@@ -75,15 +76,15 @@ def train_variant(variant, build, train_data, val_data, root, initial_epochs, ca
             model.label_keep = tuple(label_keep) if label_keep is not None else lc_label_keep(root / "lc")
         model.rho = 1.0
         train_phase(model, train_data, val_data, out, "cascade", cascade_epochs, low_lr, training_mode="initial",
-                    keep_best=True, verbose=verbose)
+                    keep_best=True, lr_schedule=lr_schedule, verbose=verbose)
         eval_rho = 1.0
     elif variant == "baseline":
         model.loss_weights = (0.0, 0.0, 1.0)
         model.rho = 1.0
         train_phase(model, train_data, val_data, out, "initial", initial_epochs, learning_rate,
-                    training_mode="initial", verbose=verbose)
+                    training_mode="initial", lr_schedule=lr_schedule, verbose=verbose)
         train_phase(model, train_data, val_data, out, "final", cascade_epochs, low_lr, training_mode="initial",
-                    keep_best=True, verbose=verbose)
+                    keep_best=True, lr_schedule=lr_schedule, verbose=verbose)
         eval_rho = 1.0
     else:  # model_cascade: stage k trained alone on what stages < k forward, those frozen
         total = initial_epochs + cascade_epochs
@@ -94,7 +95,7 @@ def train_variant(variant, build, train_data, val_data, root, initial_epochs, ca
                 model.stages[j].trainable = False
                 model.heads[j].trainable = False
             train_phase(model, train_data, val_data, out, f"stage{k + 1}", budgets[k], learning_rate,
-                        training_mode="cascade", keep_best=k == 2, verbose=verbose)
+                        training_mode="cascade", keep_best=k == 2, lr_schedule=lr_schedule, verbose=verbose)
         for layer in (*model.stages, *model.heads):
             layer.trainable = True
         eval_rho = rho

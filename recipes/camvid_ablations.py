@@ -6,6 +6,10 @@ Run from the project root (each variant resumes where it stopped; finished ones 
     python recipes/camvid_ablations.py --variants "" --lc-rhos 0.985,0.9   # LC trained at other rho (Table 1)
 Budget on the project's 2-core CPU: the camvid_cpu recipe's 45 epochs (30 initial + 15 cascade, ~65 s each)
 per variant; the initial phase is shared by lc, dsn and dsn_dropout, so all five take ~3 h.
+The camvid_cpu_2h recipe's budget instead (its initial phase can be shared by copying runs/camvid_2h's
+initial.weights.h5 and history.json into <out>/initial, and the run itself into <out>/lc):
+    python recipes/camvid_ablations.py --out runs/ablations_2h --initial-epochs 60 --cascade-epochs 30 \
+        --lr-schedule cosine --class-weights median-sqrt --variants dsn
 Output: runs/ablations/<variant>/{model,best}.keras and runs/ablations/table2.json.
 """
 
@@ -22,6 +26,7 @@ import keras  # noqa: E402
 from keras_lc import build_model  # noqa: E402
 from keras_lc.ablations import VARIANTS, train_variant  # noqa: E402
 from keras_lc.data import directory_dataset, read_info  # noqa: E402
+from keras_lc.data.datasets import median_frequency_weights  # noqa: E402
 from keras_lc.metrics import evaluate_cascade  # noqa: E402
 
 # The settings of recipes/camvid_cpu.toml.
@@ -35,17 +40,25 @@ parser.add_argument("--lc-rhos", default="", help="also train LC at these rho (c
 parser.add_argument("--report", action="store_true", help="only print the table of what has been trained")
 parser.add_argument("--data-dir", default=DATA_DIR)
 parser.add_argument("--out", default="runs/ablations")
+parser.add_argument("--initial-epochs", type=int, default=INITIAL_EPOCHS)
+parser.add_argument("--cascade-epochs", type=int, default=CASCADE_EPOCHS)
+parser.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"])
+parser.add_argument("--class-weights", default="none", choices=["none", "median", "median-sqrt"])
 args = parser.parse_args()
 
 info = read_info(args.data_dir, "camvid")
 train = directory_dataset(args.data_dir, "train", BATCH, training=True, crop_size=(CROP, CROP), seed=SEED)
 val = directory_dataset(args.data_dir, "val", BATCH)
+class_weights = None
+if args.class_weights != "none":
+    class_weights = median_frequency_weights(info) ** (0.5 if args.class_weights == "median-sqrt" else 1.0)
+    class_weights = [round(float(w), 6) for w in class_weights]  # as `keras-lc train --class-weights` sets them
 
 
 def build():
     keras.utils.set_random_seed(SEED)  # every variant starts from the same initial weights
     return build_model("tiny", num_classes=info["num_classes"], rho=RHO, ignore_class=info["ignore_index"],
-                       width=WIDTH, bottleneck_channels=WIDTH, head_channels=WIDTH)
+                       width=WIDTH, bottleneck_channels=WIDTH, head_channels=WIDTH, class_weights=class_weights)
 
 
 table_file = Path(args.out) / "table2.json"
@@ -54,8 +67,8 @@ runs = [(v, v, RHO) for v in args.variants.split(",") if v and not args.report]
 runs += [("lc", f"lc_rho{r}", float(r)) for r in args.lc_rhos.split(",") if r and not args.report]
 for variant, name, rho in runs:
     start = time.time()
-    model, eval_rho = train_variant(variant, build, train, val, args.out, INITIAL_EPOCHS, CASCADE_EPOCHS,
-                                    LEARNING_RATE, rho, name=name, verbose=2)
+    model, eval_rho = train_variant(variant, build, train, val, args.out, args.initial_epochs, args.cascade_epochs,
+                                    LEARNING_RATE, rho, name=name, lr_schedule=args.lr_schedule, verbose=2)
     row = {"rho": eval_rho, "train_s_this_call": round(time.time() - start)}
     best = Path(args.out) / name / "best.keras"
     for kind, m in (("final", model), ("best", keras.saving.load_model(best) if best.exists() else None)):

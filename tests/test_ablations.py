@@ -103,3 +103,12 @@ def test_bad_loss_settings_are_named(kwargs, message):
 def test_unknown_variant():
     with pytest.raises(ValueError, match="Unknown variant"):
         train_variant("irnet", _build, None, None, "/tmp/x", 1, 1, 1e-3, 0.9)
+
+
+def test_lr_schedule_reaches_every_phase(tmp_path, data):
+    # The baseline's two phases both decay to 0 under "cosine" (the 2 h recipe's budget uses it).
+    train, val = data
+    model, _ = train_variant("baseline", _build, train, val, tmp_path, 1, 1, 1e-2, 0.9, lr_schedule="cosine", verbose=0)
+    assert float(model.optimizer.learning_rate) < 1e-6
+    model, _ = train_variant("baseline", _build, train, val, tmp_path / "c", 1, 1, 1e-2, 0.9, verbose=0)
+    assert float(model.optimizer.learning_rate) == pytest.approx(3e-3)
