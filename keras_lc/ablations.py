@@ -68,7 +68,8 @@ def train_variant(variant, build, train_data, val_data, root, initial_epochs, ca
 
     if variant == "lc":
         shared_initial()
-        train_phase(model, train_data, val_data, out, "cascade", cascade_epochs, low_lr, keep_best=True, lr_schedule=lr_schedule, verbose=verbose)
+        train_phase(model, train_data, val_data, out, "cascade", cascade_epochs, low_lr, keep_best=True,
+                    lr_schedule=lr_schedule, verbose=verbose)
         eval_rho = rho
     elif variant in ("dsn", "dsn_dropout"):
         shared_initial()  # (before label dropout is set: the shared phase is plain DSN training)

@@ -122,12 +122,10 @@ def cmd_train(args):
         from keras_lc.data import read_info
         from keras_lc.data.datasets import median_frequency_weights
 
-        class_weights = median_frequency_weights(read_info(args.data_dir, args.data))
+        power = 0.5 if args.class_weights == "median-sqrt" else 1.0
+        class_weights = median_frequency_weights(read_info(args.data_dir, args.data), power)
         if class_weights is None:
             raise SystemExit(f"keras-lc: {args.data_dir}/classes.json has no segnet_class_weighting_median_freq")
-        if args.class_weights == "median-sqrt":  # a milder balance: the weights' range shrinks from 68x to 8x on CamVid
-            class_weights = class_weights**0.5
-        class_weights = [round(float(w), 6) for w in class_weights]
     with strategy.scope():
         model = build_model(args.backbone, num_classes=num_classes, rho=args.rho, ignore_class=ignore,
                             class_weights=class_weights, **backbone_kwargs)

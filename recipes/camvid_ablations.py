@@ -49,10 +49,9 @@ args = parser.parse_args()
 info = read_info(args.data_dir, "camvid")
 train = directory_dataset(args.data_dir, "train", BATCH, training=True, crop_size=(CROP, CROP), seed=SEED)
 val = directory_dataset(args.data_dir, "val", BATCH)
-class_weights = None
+class_weights = None  # as `keras-lc train --class-weights` sets them
 if args.class_weights != "none":
-    class_weights = median_frequency_weights(info) ** (0.5 if args.class_weights == "median-sqrt" else 1.0)
-    class_weights = [round(float(w), 6) for w in class_weights]  # as `keras-lc train --class-weights` sets them
+    class_weights = median_frequency_weights(info, 0.5 if args.class_weights == "median-sqrt" else 1.0)
 
 
 def build():

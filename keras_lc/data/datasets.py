@@ -244,7 +244,12 @@ def directory_dataset(root, split, batch_size=8, training=False, crop_size=(256,
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def median_frequency_weights(info):
-    """Class weights from classes.json (`segnet_class_weighting_median_freq`), or None."""
+def median_frequency_weights(info, power=1.0):
+    """Class weights from classes.json (`segnet_class_weighting_median_freq`), or None.
+
+    `power=0.5` gives their square roots, a milder balance (on CamVid the weights' range
+    shrinks from 68x to 8x): what `--class-weights median-sqrt` trains with.
+    Returns a list of K floats rounded to 6 decimals (they are stored in the model's config).
+    """
     w = info.get("segnet_class_weighting_median_freq")
-    return None if w is None else np.asarray(w, np.float32)
+    return None if w is None else [round(float(v) ** power, 6) for v in np.asarray(w, np.float32)]
