@@ -60,16 +60,16 @@ def train_variant(variant, build, train_data, val_data, root, initial_epochs, ca
     model = build()
     model.rho = rho
     low_lr = 0.3 * learning_rate
+    common = dict(lr_schedule=lr_schedule, verbose=verbose)  # every phase's shared options
 
     def shared_initial():
         train_phase(model, train_data, val_data, root / "initial", "initial", initial_epochs, learning_rate,
-                    training_mode="initial", lr_schedule=lr_schedule, verbose=verbose)
+                    training_mode="initial", **common)
         model.load_weights(root / "initial" / "initial.weights.h5")
 
     if variant == "lc":
         shared_initial()
-        train_phase(model, train_data, val_data, out, "cascade", cascade_epochs, low_lr, keep_best=True,
-                    lr_schedule=lr_schedule, verbose=verbose)
+        train_phase(model, train_data, val_data, out, "cascade", cascade_epochs, low_lr, keep_best=True, **common)
         eval_rho = rho
     elif variant in ("dsn", "dsn_dropout"):
         shared_initial()  # (before label dropout is set: the shared phase is plain DSN training)
@@ -77,15 +77,15 @@ def train_variant(variant, build, train_data, val_data, root, initial_epochs, ca
             model.label_keep = tuple(label_keep) if label_keep is not None else lc_label_keep(root / "lc")
         model.rho = 1.0
         train_phase(model, train_data, val_data, out, "cascade", cascade_epochs, low_lr, training_mode="initial",
-                    keep_best=True, lr_schedule=lr_schedule, verbose=verbose)
+                    keep_best=True, **common)
         eval_rho = 1.0
     elif variant == "baseline":
         model.loss_weights = (0.0, 0.0, 1.0)
         model.rho = 1.0
         train_phase(model, train_data, val_data, out, "initial", initial_epochs, learning_rate,
-                    training_mode="initial", lr_schedule=lr_schedule, verbose=verbose)
+                    training_mode="initial", **common)
         train_phase(model, train_data, val_data, out, "final", cascade_epochs, low_lr, training_mode="initial",
-                    keep_best=True, lr_schedule=lr_schedule, verbose=verbose)
+                    keep_best=True, **common)
         eval_rho = 1.0
     else:  # model_cascade: stage k trained alone on what stages < k forward, those frozen
         total = initial_epochs + cascade_epochs
@@ -96,7 +96,7 @@ def train_variant(variant, build, train_data, val_data, root, initial_epochs, ca
                 model.stages[j].trainable = False
                 model.heads[j].trainable = False
             train_phase(model, train_data, val_data, out, f"stage{k + 1}", budgets[k], learning_rate,
-                        training_mode="cascade", keep_best=k == 2, lr_schedule=lr_schedule, verbose=verbose)
+                        training_mode="cascade", keep_best=k == 2, **common)
         for layer in (*model.stages, *model.heads):
             layer.trainable = True
         eval_rho = rho

@@ -116,14 +116,14 @@ def cmd_train(args):
     if args.imagenet_weights and not Path(args.imagenet_weights).is_file():
         raise SystemExit(f"keras-lc: --imagenet-weights file not found: {args.imagenet_weights}")
     class_weights = None
-    if args.class_weights in ("median", "median-sqrt"):
+    if args.class_weights != "none":
         if args.data == "synthetic":
             raise SystemExit(f"keras-lc: --class-weights {args.class_weights} needs a dataset with classes.json weights")
         from keras_lc.data import read_info
-        from keras_lc.data.datasets import median_frequency_weights
+        from keras_lc.data.datasets import CLASS_WEIGHT_POWERS, median_frequency_weights
 
-        power = 0.5 if args.class_weights == "median-sqrt" else 1.0
-        class_weights = median_frequency_weights(read_info(args.data_dir, args.data), power)
+        class_weights = median_frequency_weights(read_info(args.data_dir, args.data),
+                                                 CLASS_WEIGHT_POWERS[args.class_weights])
         if class_weights is None:
             raise SystemExit(f"keras-lc: {args.data_dir}/classes.json has no segnet_class_weighting_median_freq")
     with strategy.scope():

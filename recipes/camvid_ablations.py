@@ -26,7 +26,7 @@ import keras  # noqa: E402
 from keras_lc import build_model  # noqa: E402
 from keras_lc.ablations import VARIANTS, train_variant  # noqa: E402
 from keras_lc.data import directory_dataset, read_info  # noqa: E402
-from keras_lc.data.datasets import median_frequency_weights  # noqa: E402
+from keras_lc.data.datasets import CLASS_WEIGHT_POWERS, median_frequency_weights  # noqa: E402
 from keras_lc.metrics import evaluate_cascade  # noqa: E402
 
 # The settings of recipes/camvid_cpu.toml.
@@ -43,7 +43,7 @@ parser.add_argument("--out", default="runs/ablations")
 parser.add_argument("--initial-epochs", type=int, default=INITIAL_EPOCHS)
 parser.add_argument("--cascade-epochs", type=int, default=CASCADE_EPOCHS)
 parser.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"])
-parser.add_argument("--class-weights", default="none", choices=["none", "median", "median-sqrt"])
+parser.add_argument("--class-weights", default="none", choices=["none", *CLASS_WEIGHT_POWERS])
 args = parser.parse_args()
 
 info = read_info(args.data_dir, "camvid")
@@ -51,7 +51,7 @@ train = directory_dataset(args.data_dir, "train", BATCH, training=True, crop_siz
 val = directory_dataset(args.data_dir, "val", BATCH)
 class_weights = None  # as `keras-lc train --class-weights` sets them
 if args.class_weights != "none":
-    class_weights = median_frequency_weights(info, 0.5 if args.class_weights == "median-sqrt" else 1.0)
+    class_weights = median_frequency_weights(info, CLASS_WEIGHT_POWERS[args.class_weights])
 
 
 def build():

@@ -244,6 +244,10 @@ def directory_dataset(root, split, batch_size=8, training=False, crop_size=(256,
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+# `--class-weights` modes: the power applied to the median-frequency weights.
+CLASS_WEIGHT_POWERS = {"median": 1.0, "median-sqrt": 0.5}
+
+
 def median_frequency_weights(info, power=1.0):
     """Class weights from classes.json (`segnet_class_weighting_median_freq`), or None.
 
