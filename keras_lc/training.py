@@ -1,6 +1,7 @@
 """The paper's two-step schedule, resumable: initial (DSN) training, then cascade training."""
 
 import contextlib
+import csv
 import json
 import tempfile
 from pathlib import Path
@@ -33,11 +34,13 @@ def train_cascade(
     validation mIoU of the cascade phase, when `val_data` is given),
     `<phase>.weights.h5` (the end of each phase), `backup/<phase>/` (resume state,
     every epoch or every `save_freq` steps), `logs/<phase>/` (TensorBoard: per-stage
-    losses, mIoU, share decided per stage) and `history.json`.
+    losses, mIoU, share decided per stage), `logs/<phase>.csv` (one row per epoch,
+    kept across resumes) and `history.json` (every epoch of each phase).
 
     Rerunning the same call after an interruption resumes: a finished phase is
     loaded from its weights file and skipped, an unfinished one continues from its
-    backup (`keras.callbacks.BackupAndRestore`).
+    backup (`keras.callbacks.BackupAndRestore`); `best.keras` is then replaced only by
+    an epoch better than every epoch before the interruption.
 
     `optimizer` is "adam" or "sgd" (momentum 0.9), made anew for each phase;
     `lr_schedule` "constant" or "cosine" (each phase decays to 0 over its epochs).
@@ -94,8 +97,9 @@ def train_phase(
 
     A finished phase (`<phase>.weights.h5` exists) is loaded and skipped; an
     interrupted one resumes from `backup/<phase>/`. With `keep_best` and `val_data`,
-    `best.keras` keeps the best validation mIoU. The history is appended to
-    `history.json` under `phase`. `lr_schedule` "cosine" decays the rate to 0 over the
+    `best.keras` keeps the best validation mIoU, over the epochs before an
+    interruption too. Every epoch's logs go to `logs/<phase>.csv` (appended to on
+    resume), and the phase's full history to `history.json` under `phase`. `lr_schedule` "cosine" decays the rate to 0 over the
     phase (the last epochs' weights then differ little, so the final model is less of a
     lottery than with a constant rate); it needs a dataset of known length. Phases compose: `train_cascade` is "initial" then
     "cascade"; the ablation recipe chains its own (e.g. one phase per stage, with the
@@ -132,13 +136,29 @@ def train_phase(
     model.training_mode = training_mode
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model.compile(optimizer=OPTIMIZERS[optimizer](rate))
-    phase_callbacks = [keras.callbacks.BackupAndRestore(str(scratch / "backup" / phase), save_freq=save_freq)]
+    backup = scratch / "backup" / phase
+    epoch_log = out / "logs" / f"{phase}.csv"
+    earlier = []  # epochs logged before an interruption of this phase
+    if chief:
+        if backup.exists() and epoch_log.exists():
+            earlier = _read_epoch_log(epoch_log)
+        else:
+            epoch_log.unlink(missing_ok=True)  # a fresh start: a stale log would be appended to
+        epoch_log.parent.mkdir(parents=True, exist_ok=True)
+    phase_callbacks = [keras.callbacks.BackupAndRestore(str(backup), save_freq=save_freq)]
+    if chief:
+        phase_callbacks.append(keras.callbacks.CSVLogger(str(epoch_log), append=True))
     if tensorboard and chief:
         phase_callbacks.append(keras.callbacks.TensorBoard(str(out / "logs" / phase), write_graph=False))
     if val_data is not None and keep_best and chief:
-        phase_callbacks.append(
-            keras.callbacks.ModelCheckpoint(str(out / "best.keras"), monitor="val_miou", mode="max", save_best_only=True)
+        best_so_far = max((row["val_miou"] for row in earlier if "val_miou" in row), default=None)
+        phase_callbacks.append(  # after a resume, only an epoch better than the ones before it replaces best.keras
+            keras.callbacks.ModelCheckpoint(str(out / "best.keras"), monitor="val_miou", mode="max",
+                                            save_best_only=True, initial_value_threshold=best_so_far)
         )
+    # BackupAndRestore leaves the restored epoch in `model._initial_epoch`, and Keras' fit starts every later
+    # fit of the same model there: after a resumed initial phase the cascade phase would run no epoch at all.
+    model._initial_epoch = None
     history = model.fit(
         train_data,
         validation_data=val_data,
@@ -151,7 +171,13 @@ def train_phase(
     if chief:
         history_file = out / "history.json"
         saved = json.loads(history_file.read_text()) if history_file.exists() else {}
-        saved[phase] = history
+        saved[phase] = {k: [row[k] for row in earlier if k in row] + v for k, v in history.items()}
         history_file.write_text(json.dumps(saved, indent=1))
         model.save_weights(done)
     return history
+
+
+def _read_epoch_log(path):
+    """Rows of a CSVLogger file as dicts of floats (the "epoch" column and "NA" cells left out)."""
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if k != "epoch" and v not in ("", "NA", None)} for row in csv.DictReader(f)]

@@ -56,12 +56,13 @@ def test_cli_errors(tmp_path):
 
 
 class _Interrupt(keras.callbacks.Callback):
-    def __init__(self, at_epoch):
+    def __init__(self, at_epoch, phase="cascade"):
         super().__init__()
         self.at_epoch = at_epoch
+        self.phase = phase
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.model.training_mode == "cascade" and epoch + 1 == self.at_epoch:
+        if self.model.training_mode == self.phase and epoch + 1 == self.at_epoch:
             raise KeyboardInterrupt
 
 
@@ -81,6 +82,52 @@ def test_interrupted_training_resumes(tmp_path):
     loaded = keras.models.load_model(tmp_path / "model.keras")
     x = np.zeros((1, 32, 32, 3), np.uint8)
     np.testing.assert_allclose(loaded(x)["probs"], fresh(x)["probs"], atol=1e-6)
+
+
+def test_resumed_initial_phase_leaves_the_cascade_phase_whole(tmp_path):
+    # Keras keeps the epoch BackupAndRestore restored on the model; the next phase must not start there
+    data = synthetic(8, 32, 32, num_classes=3, seed=0, batch_size=4)
+    model = build_model("tiny", num_classes=3, ignore_class=3, **SMALL)
+    with pytest.raises(KeyboardInterrupt):
+        train_cascade(model, data, None, tmp_path, initial_epochs=3, cascade_epochs=2,
+                      callbacks=[_Interrupt(2, phase="initial")], tensorboard=False, verbose=0)
+    fresh = build_model("tiny", num_classes=3, ignore_class=3, **SMALL)
+    histories = train_cascade(fresh, data, None, tmp_path, initial_epochs=3, cascade_epochs=2,
+                              tensorboard=False, verbose=0)
+    assert len(histories["initial"]["loss"]) == 1  # epoch 3 only
+    assert len(histories["cascade"]["loss"]) == 2  # both cascade epochs
+    saved = json.loads((tmp_path / "history.json").read_text())
+    assert len(saved["initial"]["loss"]) == 3 and len(saved["cascade"]["loss"]) == 2
+
+
+def test_resume_keeps_the_best_checkpoint_and_the_whole_history(tmp_path):
+    data = synthetic(8, 32, 32, num_classes=3, seed=0, batch_size=4)
+    val = synthetic(4, 32, 32, num_classes=3, seed=1, batch_size=4)
+    model = build_model("tiny", num_classes=3, ignore_class=3, **SMALL)
+    with pytest.raises(KeyboardInterrupt):
+        train_cascade(model, data, val, tmp_path, initial_epochs=1, cascade_epochs=3,
+                      callbacks=[_Interrupt(2)], tensorboard=False, verbose=0)
+    log = tmp_path / "logs" / "cascade.csv"
+    lines = log.read_text().splitlines()
+    assert len(lines) == 3 and "val_miou" in lines[0]  # header + the two epochs before the interruption
+    # pretend an epoch before the interruption was perfect: no later epoch may replace its best.keras
+    column = lines[0].split(",").index("val_miou")
+    rows = [line.split(",") for line in lines[1:]]
+    for row in rows:
+        row[column] = "1.0"
+    log.write_text("\n".join([lines[0]] + [",".join(r) for r in rows]) + "\n")
+    best = (tmp_path / "best.keras").read_bytes()
+    fresh = build_model("tiny", num_classes=3, ignore_class=3, **SMALL)
+    train_cascade(fresh, data, val, tmp_path, initial_epochs=1, cascade_epochs=3, tensorboard=False, verbose=0)
+    assert (tmp_path / "best.keras").read_bytes() == best
+    history = json.loads((tmp_path / "history.json").read_text())["cascade"]
+    assert history["val_miou"][:2] == [1.0, 1.0] and len(history["loss"]) == 3
+    assert len(log.read_text().splitlines()) == 4  # the resumed epoch appended
+
+    # a fresh run in the same folder (no backup left) starts a new log
+    (tmp_path / "cascade.weights.h5").unlink()
+    train_cascade(fresh, data, val, tmp_path, initial_epochs=1, cascade_epochs=1, tensorboard=False, verbose=0)
+    assert len(log.read_text().splitlines()) == 2
 
 
 def test_recipe_sets_defaults_and_flags_win(tmp_path, monkeypatch):
