@@ -38,19 +38,27 @@ def _seconds(fn, *args):
     return time.perf_counter() - start, result
 
 
-def benchmark_cascade(model, images, rhos=(1.0, 0.995, 0.985, 0.95, 0.9, 0.8), repeats=10, warmup=2):
+def benchmark_cascade(model, images, rhos=(1.0, 0.995, 0.985, 0.95, 0.9, 0.8), repeats=10, warmup=2, ideal=True):
     """Images/s of the dense network and of the cascade at each ρ, in one run, alternating.
+
+    With `ideal`, each ρ also gets the speedup a perfect region path would reach with
+    the same decisions: stage k (with its head) timed densely on the whole map, t_k,
+    then `dense seconds / (t_1 + f_2 t_2 + f_3 t_3)`, f_k the share of pixels that
+    reach stage k. It separates what the kernels lose from what the decisions allow
+    (stage 1 and its head always run on every pixel).
 
     Args:
         model: a `LayerCascade`.
         images: uint8 `[B, H, W, 3]` (the batch that is timed).
         rhos: the ρ values to time.
         repeats: timed rounds (median reported); warmup: untimed rounds first.
+        ideal: bool, also time the stages densely and report `ideal_speedup`.
 
     Returns:
         `{"dense": {"images_per_s", "seconds"}, "cascade": [{"rho", "images_per_s",
         "seconds", "speedup", "stage_share": [s1, s2, s3]}, ...], "batch", "height",
-        "width", "repeats"}`.
+        "width", "repeats"}`; with `ideal`, also `"stage_seconds": {"stage1",
+        "stage2", "stage3"}` (dense, heads included) and `"ideal_speedup"` per ρ.
     """
     rhos = [check_rho(r) for r in rhos]
     if repeats < 1:
@@ -85,15 +93,23 @@ def benchmark_cascade(model, images, rhos=(1.0, 0.995, 0.985, 0.95, 0.9, 0.8), r
         result["cascade"].append(
             {"rho": r, "images_per_s": batch / s, "seconds": s, "speedup": dense_s / s, "stage_share": shares[r]}
         )
+    if ideal:
+        t = stage_times(model, images, rho=1.0, repeats=repeats, warmup=warmup, dense=True)
+        result["stage_seconds"] = {k: t[k] for k in ("stage1", "stage2", "stage3")}
+        for row in result["cascade"]:
+            reach2, reach3 = 1.0 - row["stage_share"][0], row["stage_share"][2]
+            best = t["stage1"] + reach2 * t["stage2"] + reach3 * t["stage3"]
+            row["ideal_speedup"] = dense_s / best
     return result
 
 
-def stage_times(model, images, rho=None, repeats=10, warmup=2):
-    """Seconds per batch spent in each stage (stage + its head) and in the final combine.
+def stage_times(model, images, rho=None, repeats=10, warmup=2, dense=False):
+    """Seconds per batch spent in each stage (stage + its head).
 
     The paper's Fig. 7b. Each piece is a separate `tf.function` fed with the real
     intermediate results of the same batch, so stage k is timed on the region that
-    really reaches it.
+    really reaches it. `dense=True` computes every stage densely (the whole map,
+    whatever the region).
 
     Returns:
         `{"stage1": s, "stage2": s, "stage3": s, "rho": ρ, "stage_share": [...]}`.
@@ -113,7 +129,7 @@ def stage_times(model, images, rho=None, repeats=10, warmup=2):
     def later(k):
         @tf.function(reduce_retracing=True)
         def run(f, region):
-            y, probs, nxt, _ = model._region_stage(k, f, region, rho_t, False, False)
+            y, probs, nxt, _ = model._region_stage(k, f, region, rho_t, dense, False)
             return y, probs, nxt
 
         return run
@@ -137,12 +153,21 @@ def stage_times(model, images, rho=None, repeats=10, warmup=2):
 
 def format_benchmark(result):
     """A plain-text table of `benchmark_cascade`'s result."""
+    ideal = "stage_seconds" in result
     lines = [
         f"batch {result['batch']} at {result['height']}x{result['width']}, median of {result['repeats']} rounds",
-        f"{'':>12}{'images/s':>10}{'vs dense':>10}   share decided at stage 1/2/3",
-        f"{'dense':>12}{result['dense']['images_per_s']:10.2f}{1.0:9.2f}x",
+        f"{'':>12}{'images/s':>10}{'vs dense':>10}{'ideal':>8}   share decided at stage 1/2/3"
+        if ideal else f"{'':>12}{'images/s':>10}{'vs dense':>10}   share decided at stage 1/2/3",
+        f"{'dense':>12}{result['dense']['images_per_s']:10.2f}{1.0:9.2f}x" + (f"{'':>8}" if ideal else ""),
     ]
     for row in result["cascade"]:
         share = " / ".join(f"{100 * s:.1f}%" for s in row["stage_share"])
-        lines.append(f"{'rho ' + format(row['rho'], 'g'):>12}{row['images_per_s']:10.2f}{row['speedup']:9.2f}x   {share}")
+        best = f"{row['ideal_speedup']:7.2f}x" if ideal else ""
+        lines.append(f"{'rho ' + format(row['rho'], 'g'):>12}{row['images_per_s']:10.2f}{row['speedup']:9.2f}x{best}   {share}")
+    if ideal:
+        t = result["stage_seconds"]
+        lines.append(
+            "ideal: the speedup if stages 2-3 cost exactly the share of pixels reaching them (dense stage times "
+            + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in t.items()) + ", heads included)"
+        )
     return "\n".join(lines)

@@ -64,7 +64,11 @@ def test_benchmark_and_stage_times_shapes(small_model, images):
     assert r["dense"]["images_per_s"] > 0 and [c["rho"] for c in r["cascade"]] == [1.0, 1e-6]
     assert r["cascade"][0]["stage_share"] == pytest.approx([0, 0, 1])
     assert r["cascade"][1]["stage_share"] == pytest.approx([1, 0, 0])
-    assert "vs dense" in format_benchmark(r)
+    assert "vs dense" in format_benchmark(r) and "ideal" in format_benchmark(r)
+    t, dense_s = r["stage_seconds"], r["dense"]["seconds"]  # ρ = 1: every stage on every pixel; ρ ≈ 0: stage 1 only
+    assert r["cascade"][0]["ideal_speedup"] == pytest.approx(dense_s / (t["stage1"] + t["stage2"] + t["stage3"]))
+    assert r["cascade"][1]["ideal_speedup"] == pytest.approx(dense_s / t["stage1"])
+    assert "ideal" not in format_benchmark(benchmark_cascade(small_model, images, rhos=[1.0], repeats=1, ideal=False))
     t = stage_times(small_model, images, rho=1e-6, repeats=1, warmup=0)
     assert t["stage_share"] == pytest.approx([1, 0, 0]) and t["stage1"] > 0
     with pytest.raises(ValueError, match="rho"):

@@ -1,0 +1,102 @@
+"""The floor of a region convolution built from TF ops: its matmul and its neighbourhood gather alone.
+
+A k×k region convolution made of TensorFlow ops needs at least the k·k neighbourhoods of the N
+region pixels (one gather, `[N, k·k·C]`) and the product with the kernel (one matmul). This times,
+in one run and alternating, for the k×k layers of benchmarks/region_conv.py: the dense Conv2D, that
+matmul alone (on a ready `[N, k·k·C]` matrix), that gather alone (the real neighbour index of a blob
+region, built beforehand), both in one function (gather → matmul: the floor), and the whole
+RegionConv2D (its index time subtracted, as a network builds the index once per stage; scatter
+included). Where the floor exceeds the issue's target (fraction + 0.1) × dense, no arrangement of
+these ops that gathers per pixel meets it (per-offset, batched and tile arrangements:
+benchmarks/region_conv_variants.py). For a 1×1 conv the "matmul" column is what the network pays:
+inside a stage its 1×1s run on the compact trunk, gathered once per stage.
+
+    python benchmarks/region_conv_floor.py [--repeats 30] [--threads 2] [--json OUT]
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+from region_conv import SHAPES, blob_region  # noqa: E402
+
+FRACTIONS = (0.15, 0.30, 0.50)
+
+
+def _median_ms(fns, repeats):
+    """Alternating rounds over `fns` ({name: (fn, args)}); median milliseconds per name."""
+    for fn, args in fns.values():
+        for _ in range(3):
+            tf.nest.map_structure(lambda t: t.numpy(), fn(*args))
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, (fn, args) in fns.items():
+            start = time.perf_counter()
+            tf.nest.map_structure(lambda t: t.numpy(), fn(*args))
+            times[name].append(time.perf_counter() - start)
+    return {name: 1000 * float(np.median(v)) for name, v in times.items()}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    from keras_lc.layers import RegionConv2D, RegionIndex
+
+    rows = []
+    for name, h, w, cin, cout, k, d in SHAPES:
+        x = tf.random.normal([1, h, w, cin])
+        layer = RegionConv2D(cout, k, dilation_rate=d)
+        layer.build(x.shape)
+        kernel = tf.constant(layer.kernel.numpy())
+        matrix = tf.reshape(kernel, [-1, cout])
+        padded = tf.concat([tf.reshape(x, [-1, cin]), tf.zeros([1, cin])], 0)  # the zero row neighbours outside use
+        dense = tf.function(lambda x: tf.nn.convolution(x, kernel, padding="SAME", dilations=(d, d)))
+        matmul = tf.function(lambda patches: tf.matmul(patches, matrix))
+        gather = tf.function(lambda flat: tf.reshape(tf.gather(padded, flat), [tf.shape(flat)[0], -1]))
+        floor = tf.function(lambda flat: tf.matmul(tf.reshape(tf.gather(padded, flat), [tf.shape(flat)[0], -1]), matrix))
+        for fraction in FRACTIONS:
+            region = tf.constant(blob_region(h, w, fraction))
+            index = RegionIndex(region)
+            neighbours = index.neighbours(layer.kernel_size, layer.dilation_rate)
+            patches = gather(neighbours)
+
+            @tf.function
+            def region_conv(x, region):
+                return layer(x, region=RegionIndex(region))
+
+            @tf.function
+            def index_only(region):
+                return RegionIndex(region).neighbours(layer.kernel_size, layer.dilation_rate)
+
+            ms = _median_ms({"dense": (dense, (x,)), "matmul": (matmul, (patches,)), "gather": (gather, (neighbours,)),
+                             "floor": (floor, (neighbours,)),
+                             "region": (region_conv, (x, region)), "index": (index_only, (region,))}, args.repeats)
+            row = {"layer": name, "fraction": fraction, "target": fraction + 0.1, "dense_ms": ms["dense"]}
+            row.update({f"{key}_ratio": ms[key] / ms["dense"] for key in ("matmul", "gather", "floor")})
+            row["region_without_index_ratio"] = max(ms["region"] - ms["index"], 0.0) / ms["dense"]
+            rows.append(row)
+            print(f"{name:<26} {100 * fraction:3.0f}%  dense {ms['dense']:6.2f} ms  matmul {row['matmul_ratio']:.2f}  "
+                  f"gather {row['gather_ratio']:.2f}  floor {row['floor_ratio']:.2f}  "
+                  f"RegionConv2D w/o index {row['region_without_index_ratio']:.2f}  target <= {row['target']:.2f}",
+                  flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
