@@ -76,6 +76,29 @@ def test_gradient_only_through_region_neighbourhoods():
     assert g[5:8, 5:8].any() and not g[:5].any() and not g[8:].any()
 
 
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
+def test_scatter_paths_match_scatter_nd_values_and_gradients(fraction):
+    # RegionIndex writes compact values back by a gather through its inverse index; it must equal tf.scatter_nd,
+    # gradient included (batch of two images with different regions, and the empty region)
+    region = tf.constant(blob_region((2, 9, 7), fraction, seed=0) if fraction else np.zeros((2, 9, 7), bool))
+    index = RegionIndex(region)
+    values = tf.random.stateless_normal([int(tf.reduce_sum(tf.cast(region, tf.int32))), 4], seed=[3, 4])
+    weights = tf.random.stateless_normal([2, 9, 7, 4], seed=[5, 6])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(values)
+        dense = index.scatter(values)
+        reference = tf.scatter_nd(index.coords, values, [2, 9, 7, 4])
+        flat = index.scatter_for_conv(values)
+        losses = [tf.reduce_sum(weights * dense), tf.reduce_sum(weights * reference),
+                  tf.reduce_sum(tf.reshape(weights, [-1, 4]) * flat[:-1]) + 7.0 * tf.reduce_sum(flat[-1])]
+    np.testing.assert_array_equal(dense, reference)
+    np.testing.assert_array_equal(flat[:-1], tf.reshape(reference, [-1, 4]))
+    np.testing.assert_array_equal(flat[-1], np.zeros(4))  # the padding row that neighbourhood gathers read
+    grads = [tape.gradient(loss, values) for loss in losses]
+    np.testing.assert_allclose(grads[0], grads[1], atol=1e-6)
+    np.testing.assert_allclose(grads[2], grads[1], atol=1e-6)
+
+
 def test_weights_interchange_with_conv2d():
     rc = RegionConv2D(3, (1, 7), dilation_rate=2)
     rc.build((None, None, None, 4))
