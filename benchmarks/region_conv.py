@@ -72,11 +72,11 @@ def main(argv=None):
                 return layer(x, region=index)
 
             @tf.function
-            def index_only(region):
+            def index_only(region):  # what a stage builds once: coordinates, inverse, neighbourhoods
                 index = RegionIndex(region)
                 if k != (1, 1):
-                    return index.neighbours(layer.kernel_size, layer.dilation_rate)
-                return index.flat
+                    return index.neighbours(layer.kernel_size, layer.dilation_rate), index.inverse
+                return index.flat, index.inverse
 
             for fn, a in ((dense, (x,)), (region_conv, (x, region)), (index_only, (region,))):
                 for _ in range(3):
