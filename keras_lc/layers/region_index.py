@@ -89,7 +89,7 @@ class RegionIndex:
         row), zeros outside the region.
 
         One gather through `inverse` from the values with a zero row appended. Written by
-        hand because on CPU it takes 0.65-0.77x the time of `tf.scatter_nd` from 30% of the
+        hand because on CPU it takes 0.55-0.8x the time of `tf.scatter_nd` from 30% of the
         pixels up and about the same below (benchmarks/scatter_paths.py); the custom gradient
         is the gather of N rows that `tf.scatter_nd`'s would be, not the segment sum over the
         whole map that `tf.gather`'s gradient is.
