@@ -42,14 +42,32 @@ def blob_region(h, w, fraction, seed=0):
     return (smooth >= np.quantile(smooth, 1.0 - fraction))[None]
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repeats", type=int, default=30)
+def bench_args(doc, argv, repeats=30):
+    """The layer benchmarks' command line (--repeats, --threads, --json); sets TF's thread pools."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=repeats)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    return args
+
+
+def median_ms(fns, repeats, warmup=3):
+    """`fns` {name: (tf.function, args)} run one after another in each of `repeats` rounds; median ms per name."""
+    times = {name: [] for name in fns}
+    for round_ in range(warmup + repeats):
+        for name, (fn, args) in fns.items():
+            start = time.perf_counter()
+            tf.nest.map_structure(lambda t: t.numpy(), fn(*args))
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: 1000 * float(np.median(v)) for name, v in times.items()}
+
+
+def main(argv=None):
+    args = bench_args(__doc__, argv)
     from keras_lc.layers import RegionConv2D, RegionIndex
 
     rows = []
@@ -78,21 +96,12 @@ def main(argv=None):
                     return index.neighbours(layer.kernel_size, layer.dilation_rate), index.inverse
                 return index.flat, index.inverse
 
-            for fn, a in ((dense, (x,)), (region_conv, (x, region)), (index_only, (region,))):
-                for _ in range(3):
-                    tf.nest.map_structure(lambda t: t.numpy(), fn(*a))
-            times = {"dense": [], "region": [], "index": []}
-            for _ in range(args.repeats):
-                for key, fn, a in (("dense", dense, (x,)), ("region", region_conv, (x, region)),
-                                   ("index", index_only, (region,))):
-                    t = time.perf_counter()
-                    tf.nest.map_structure(lambda t: t.numpy(), fn(*a))
-                    times[key].append(time.perf_counter() - t)
-            med = {key: float(np.median(v)) for key, v in times.items()}
+            med = median_ms({"dense": (dense, (x,)), "region": (region_conv, (x, region)),
+                             "index": (index_only, (region,))}, args.repeats)
             # The index is built once per stage and shared by its convs: report the layer without it too.
             layer_only = max(med["region"] - med["index"], 0.0)
-            rows.append({"layer": name, "fraction": fraction, "dense_ms": 1000 * med["dense"],
-                         "region_ms": 1000 * med["region"], "index_ms": 1000 * med["index"],
+            rows.append({"layer": name, "fraction": fraction, "dense_ms": med["dense"],
+                         "region_ms": med["region"], "index_ms": med["index"],
                          "ratio": med["region"] / med["dense"], "ratio_without_index": layer_only / med["dense"],
                          "target": fraction + 0.1})
             r = rows[-1]

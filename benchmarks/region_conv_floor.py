@@ -14,45 +14,22 @@ inside a stage its 1×1s run on the compact trunk, gathered once per stage.
     python benchmarks/region_conv_floor.py [--repeats 30] [--threads 2] [--json OUT]
 """
 
-import argparse
 import json
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from region_conv import SHAPES, blob_region  # noqa: E402
+from region_conv import SHAPES, bench_args, blob_region, median_ms  # noqa: E402
 
 FRACTIONS = (0.15, 0.30, 0.50)
 
 
-def _median_ms(fns, repeats):
-    """Alternating rounds over `fns` ({name: (fn, args)}); median milliseconds per name."""
-    for fn, args in fns.values():
-        for _ in range(3):
-            tf.nest.map_structure(lambda t: t.numpy(), fn(*args))
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, (fn, args) in fns.items():
-            start = time.perf_counter()
-            tf.nest.map_structure(lambda t: t.numpy(), fn(*args))
-            times[name].append(time.perf_counter() - start)
-    return {name: 1000 * float(np.median(v)) for name, v in times.items()}
-
-
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repeats", type=int, default=30)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", default=None)
-    args = p.parse_args(argv)
-    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    args = bench_args(__doc__, argv)
     from keras_lc.layers import RegionConv2D, RegionIndex
 
     rows = []
@@ -81,7 +58,7 @@ def main(argv=None):
             def index_only(region):
                 return RegionIndex(region).neighbours(layer.kernel_size, layer.dilation_rate)
 
-            ms = _median_ms({"dense": (dense, (x,)), "matmul": (matmul, (patches,)), "gather": (gather, (neighbours,)),
+            ms = median_ms({"dense": (dense, (x,)), "matmul": (matmul, (patches,)), "gather": (gather, (neighbours,)),
                              "floor": (floor, (neighbours,)),
                              "region": (region_conv, (x, region)), "index": (index_only, (region,))}, args.repeats)
             row = {"layer": name, "fraction": fraction, "target": fraction + 0.1, "dense_ms": ms["dense"]}
