@@ -66,16 +66,31 @@ def median_ms(fns, repeats, warmup=3):
     return {name: 1000 * float(np.median(v)) for name, v in times.items()}
 
 
+def layer_and_input(h, w, cin, cout, kernel_size, dilation):
+    """A built RegionConv2D, a random input `[1, h, w, cin]` and the layer's kernel as a constant."""
+    from keras_lc.layers import RegionConv2D
+
+    x = tf.random.normal([1, h, w, cin])
+    layer = RegionConv2D(cout, kernel_size, dilation_rate=dilation)
+    layer.build(x.shape)
+    return x, layer, tf.constant(layer.kernel.numpy())
+
+
+def write_rows(args, rows):
+    """Write the result rows to `--json` when asked; the exit status."""
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
 def main(argv=None):
     args = bench_args(__doc__, argv)
-    from keras_lc.layers import RegionConv2D, RegionIndex
+    from keras_lc.layers import RegionIndex
 
     rows = []
     for name, h, w, cin, cout, k, d in SHAPES:
-        x = tf.random.normal([1, h, w, cin])
-        layer = RegionConv2D(cout, k, dilation_rate=d)
-        layer.build(x.shape)
-        kernel = tf.constant(layer.kernel.numpy())
+        x, layer, kernel = layer_and_input(h, w, cin, cout, k, d)
 
         @tf.function
         def dense(x):
@@ -108,10 +123,7 @@ def main(argv=None):
             print(f"{name:<26} {100 * fraction:5.0f}%  dense {r['dense_ms']:7.2f} ms  region {r['region_ms']:7.2f} ms "
                   f"(index {r['index_ms']:5.2f})  ratio {r['ratio']:.2f}  w/o index {r['ratio_without_index']:.2f}  "
                   f"target <= {r['target']:.2f}", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
-    return 0
+    return write_rows(args, rows)
 
 
 if __name__ == "__main__":

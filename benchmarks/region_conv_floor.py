@@ -14,7 +14,6 @@ inside a stage its 1×1s run on the compact trunk, gathered once per stage.
     python benchmarks/region_conv_floor.py [--repeats 30] [--threads 2] [--json OUT]
 """
 
-import json
 import os
 import sys
 
@@ -23,21 +22,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from region_conv import SHAPES, bench_args, blob_region, median_ms  # noqa: E402
+from region_conv import SHAPES, bench_args, blob_region, layer_and_input, median_ms, write_rows  # noqa: E402
 
 FRACTIONS = (0.15, 0.30, 0.50)
 
 
 def main(argv=None):
     args = bench_args(__doc__, argv)
-    from keras_lc.layers import RegionConv2D, RegionIndex
+    from keras_lc.layers import RegionIndex
 
     rows = []
     for name, h, w, cin, cout, k, d in SHAPES:
-        x = tf.random.normal([1, h, w, cin])
-        layer = RegionConv2D(cout, k, dilation_rate=d)
-        layer.build(x.shape)
-        kernel = tf.constant(layer.kernel.numpy())
+        x, layer, kernel = layer_and_input(h, w, cin, cout, k, d)
         matrix = tf.reshape(kernel, [-1, cout])
         padded = tf.concat([tf.reshape(x, [-1, cin]), tf.zeros([1, cin])], 0)  # the zero row neighbours outside use
         dense = tf.function(lambda x: tf.nn.convolution(x, kernel, padding="SAME", dilations=(d, d)))
@@ -69,10 +65,7 @@ def main(argv=None):
                   f"gather {row['gather_ratio']:.2f}  floor {row['floor_ratio']:.2f}  "
                   f"RegionConv2D w/o index {row['region_without_index_ratio']:.2f}  target <= {row['target']:.2f}",
                   flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
-    return 0
+    return write_rows(args, rows)
 
 
 if __name__ == "__main__":

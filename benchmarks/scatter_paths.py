@@ -10,7 +10,6 @@ built once per stage, so it is built beforehand here). Forward only, graph mode,
     python benchmarks/scatter_paths.py [--repeats 40] [--threads 2] [--json OUT]
 """
 
-import json
 import os
 import sys
 
@@ -20,7 +19,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from region_conv import bench_args, blob_region, median_ms  # noqa: E402
+from region_conv import bench_args, blob_region, median_ms, write_rows  # noqa: E402
 
 SHAPES = ((90, 120, 96), (64, 64, 320))
 FRACTIONS = (0.05, 0.15, 0.30, 0.50, 0.75)
@@ -48,10 +47,7 @@ def main(argv=None):
             print(f"{h}x{w}x{c} {100 * fraction:3.0f}%  scatter_nd {ms['scatter_nd']:.3f} ms  "
                   f"inverse gather {ms['inverse gather']:.3f} ms  ratio {ms['inverse gather'] / ms['scatter_nd']:.2f}",
                   flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
-    return 0
+    return write_rows(args, rows)
 
 
 if __name__ == "__main__":
