@@ -32,14 +32,10 @@ SHAPES = (
 
 
 def blob_region(h, w, fraction, seed=0):
-    if fraction >= 1.0:
-        return np.ones((1, h, w), bool)
-    rng = np.random.default_rng(seed)
-    noise = rng.normal(size=(1, h, w, 1)).astype(np.float32)
-    for _ in range(3):
-        noise = tf.nn.avg_pool2d(noise, 7, 1, "SAME").numpy()
-    smooth = noise[0, ..., 0]
-    return (smooth >= np.quantile(smooth, 1.0 - fraction))[None]
+    """A blob-shaped region `[1, h, w]` (keras_lc.benchmark.blob_region, one image)."""
+    from keras_lc.benchmark import blob_region as blobs
+
+    return blobs((1, h, w), fraction, seed)
 
 
 def bench_args(doc, argv, repeats=30):

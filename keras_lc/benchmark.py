@@ -151,6 +151,73 @@ def stage_times(model, images, rho=None, repeats=10, warmup=2, dense=False):
     return result
 
 
+def blob_region(shape, fraction, seed=0):
+    """A blob-shaped bool region `[B, h, w]` covering `fraction` of each image (smoothed noise,
+    thresholded at its quantile): the shape of real forwarded regions, for speed measurements."""
+    if fraction >= 1.0:
+        return np.ones(shape, bool)
+    noise = np.random.default_rng(seed).normal(size=(*shape, 1)).astype(np.float32)
+    for _ in range(3):
+        noise = tf.nn.avg_pool2d(noise, 7, 1, "SAME").numpy()
+    smooth = noise[..., 0]
+    cut = np.quantile(smooth.reshape(shape[0], -1), 1.0 - fraction, axis=1)
+    return smooth >= cut[:, None, None]
+
+
+def measure_crossover(model, images, fractions=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), repeats=5, warmup=1):
+    """The forwarded fraction above which stages 2-3 are cheaper computed densely, on this machine.
+
+    Stages 2 and 3 with their heads run on stage 1's real features of `images`, forced
+    to the region path and to the dense path, on blob regions covering each fraction
+    (alternating, median of `repeats`). Use the result as `model.dense_threshold`.
+
+    Returns:
+        `{"fractions": [...], "ratio": [region time / dense time per fraction],
+        "dense_seconds": s, "crossover": f}`: f interpolates linearly where the ratio
+        reaches 1 (the smallest fraction measured if the region path never wins, 1.0 if it
+        always does).
+    """
+    fractions = sorted(float(f) for f in fractions)
+    if not fractions or not all(0.0 < f <= 1.0 for f in fractions):
+        raise ValueError(f"fractions must be numbers in (0, 1]; got {fractions}.")
+    images = tf.convert_to_tensor(images)
+    rho = tf.constant(1.0, tf.float32)
+    features = model.stages[0](model._preprocess(images), training=False)
+
+    def later_stages(path):
+        @tf.function(reduce_retracing=True)
+        def run(f, region):
+            y, probs, _, _ = model._region_stage(1, f, region, rho, False, False, path=path)
+            _, probs3, _, _ = model._region_stage(2, y, region, rho, False, False, path=path)
+            return probs, probs3
+
+        return run
+
+    region_fn, dense_fn = later_stages("region"), later_stages("dense")
+    ratios, dense_times = [], []
+    for fraction in fractions:
+        region = tf.constant(blob_region(tuple(features.shape[:3]), fraction))
+        times = {"region": [], "dense": []}
+        for round_ in range(warmup + repeats):
+            for name, fn in (("region", region_fn), ("dense", dense_fn)):
+                t, _ = _seconds(fn, features, region)
+                if round_ >= warmup:
+                    times[name].append(t)
+        dense_times.append(float(np.median(times["dense"])))
+        ratios.append(float(np.median(times["region"])) / dense_times[-1])
+    crossover = 1.0
+    for i, ratio in enumerate(ratios):
+        if ratio >= 1.0:
+            if i == 0:
+                crossover = fractions[0]
+            else:  # linear between the last fraction where the region path won and this one
+                f0, r0 = fractions[i - 1], ratios[i - 1]
+                crossover = f0 + (1.0 - r0) * (fractions[i] - f0) / (ratio - r0)
+            break
+    return {"fractions": fractions, "ratio": ratios, "dense_seconds": float(np.median(dense_times)),
+            "crossover": round(crossover, 3)}
+
+
 def format_benchmark(result):
     """A plain-text table of `benchmark_cascade`'s result."""
     ideal = "stage_seconds" in result

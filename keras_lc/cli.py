@@ -299,6 +299,10 @@ def cmd_bench(args):
 
     from keras_lc.benchmark import benchmark_cascade, format_benchmark
 
+    if args.save and not args.crossover:
+        raise SystemExit("keras-lc: --save goes with --crossover")
+    if args.save and not args.save.endswith(".keras"):
+        raise SystemExit(f"keras-lc: --save needs a .keras file name; got {args.save}")
     model = _load(args.model)
     if args.images:
         import tensorflow as tf
@@ -309,8 +313,22 @@ def cmd_bench(args):
         from keras_lc.data import synthetic_arrays
 
         images, _ = synthetic_arrays(args.batch, args.height, args.width, model.num_classes, seed=1000)
-    result = benchmark_cascade(model, images, rhos=args.rho, repeats=args.repeats)
-    print(format_benchmark(result))
+    if args.crossover:
+        from keras_lc.benchmark import measure_crossover
+
+        result = measure_crossover(model, images, repeats=args.repeats)
+        print(f"stages 2-3, region path / dense path (batch {len(images)} at {args.height}x{args.width}), "
+              f"dense {1e3 * result['dense_seconds']:.1f} ms")
+        for fraction, ratio in zip(result["fractions"], result["ratio"]):
+            print(f"  {100 * fraction:5.0f}% forwarded  {ratio:5.2f}x")
+        print(f"crossover: {result['crossover']:.3f} (the model's dense_threshold: {model.dense_threshold})")
+        if args.save:
+            model.dense_threshold = result["crossover"]
+            model.save(args.save)
+            print(f"[keras-lc] saved {args.save} with dense_threshold {model.dense_threshold}")
+    else:
+        result = benchmark_cascade(model, images, rhos=args.rho, repeats=args.repeats)
+        print(format_benchmark(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
         print(f"[keras-lc] wrote {args.json}")
@@ -538,6 +556,10 @@ def build_parser():
     p.add_argument("--rho", type=_rho, nargs="+", default=[1.0, 0.995, 0.985, 0.95, 0.9, 0.8])
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--json", default=None)
+    p.add_argument("--crossover", action="store_true",
+                   help="instead: measure the forwarded fraction above which stages 2-3 are cheaper dense "
+                        "(the model's dense_threshold) on this machine")
+    p.add_argument("--save", default=None, help="with --crossover: save the model with that dense_threshold here")
     p.set_defaults(func=cmd_bench)
     return parser
 

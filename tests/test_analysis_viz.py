@@ -1,12 +1,13 @@
 import json
 
+import keras
 import numpy as np
 import pytest
 from conftest import SMALL
 
 from keras_lc import build_model
 from keras_lc.analysis import boundary_mask, difficulty_split, stage_share_ratios
-from keras_lc.benchmark import benchmark_cascade, format_benchmark, stage_times
+from keras_lc.benchmark import benchmark_cascade, blob_region, format_benchmark, measure_crossover, stage_times
 from keras_lc.cli import main
 from keras_lc.viz import DARK_EARLIER, GREY_FORWARDED, cascade_panel_array, palette
 
@@ -95,3 +96,45 @@ def test_visualize_analyze_bench_cli(tmp_path, capsys):
           "--json", str(tmp_path / "b.json")])
     assert "vs dense" in capsys.readouterr().out
     assert set(json.loads((tmp_path / "b.json").read_text())) >= {"dense", "cascade"}
+
+
+def test_blob_regions_cover_the_fraction_per_image():
+    region = blob_region((3, 40, 50), 0.3, seed=1)
+    assert region.shape == (3, 40, 50) and region.dtype == bool
+    np.testing.assert_allclose(region.mean(axis=(1, 2)), 0.3, atol=0.01)
+    assert not (region[0] == region[1]).all()  # each image its own blob
+    assert blob_region((1, 4, 4), 1.0).all()
+
+
+def test_measure_crossover_and_the_threshold_it_sets(small_model, images, tmp_path, capsys):
+    r = measure_crossover(small_model, images, fractions=(0.5, 0.25, 1.0), repeats=1, warmup=0)
+    assert r["fractions"] == [0.25, 0.5, 1.0] and len(r["ratio"]) == 3 and all(x > 0 for x in r["ratio"])
+    assert 0.25 <= r["crossover"] <= 1.0
+    with pytest.raises(ValueError, match="fractions"):
+        measure_crossover(small_model, images, fractions=(0.0,))
+    # the threshold only picks a compute path: outputs are the same whatever it is
+    before = small_model.dense_threshold
+    try:
+        outputs = []
+        for threshold in (None, 0.01, r["crossover"]):
+            small_model.dense_threshold = threshold
+            outputs.append(small_model.predict(images, verbose=0)["probs"])
+        np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-5)
+        np.testing.assert_allclose(outputs[2], outputs[0], atol=1e-5)
+        with pytest.raises(ValueError, match="dense_threshold"):
+            small_model.dense_threshold = 1.5
+    finally:
+        small_model.dense_threshold = before
+
+    model = build_model("tiny", num_classes=3, rho=0.6, ignore_class=3, **SMALL)
+    path, saved = tmp_path / "m.keras", tmp_path / "calibrated.keras"
+    model.save(path)
+    main(["bench", str(path), "--crossover", "--height", "32", "--width", "32", "--repeats", "1",
+          "--save", str(saved), "--json", str(tmp_path / "c.json")])
+    assert "crossover" in capsys.readouterr().out
+    crossover = json.loads((tmp_path / "c.json").read_text())["crossover"]
+    assert keras.models.load_model(saved).dense_threshold == pytest.approx(crossover)
+    with pytest.raises(SystemExit, match="--crossover"):
+        main(["bench", str(path), "--save", str(saved)])
+    with pytest.raises(SystemExit, match=".keras"):
+        main(["bench", str(path), "--crossover", "--save", str(tmp_path / "x.h5")])

@@ -116,9 +116,7 @@ class LayerCascade(keras.Model):
                 "use a label outside [0, num_classes) (e.g. num_classes or 255)."
             )
         self.ignore_class = None if ignore_class is None else int(ignore_class)
-        if dense_threshold is not None and not (0.0 < float(dense_threshold) <= 1.0):
-            raise ValueError(f"dense_threshold must be in (0, 1] or None; got {dense_threshold}.")
-        self.dense_threshold = None if dense_threshold is None else float(dense_threshold)
+        self._dense_threshold = self._check_threshold(dense_threshold)
         if class_weights is not None:
             class_weights = [float(w) for w in class_weights]
             if len(class_weights) != self.num_classes or min(class_weights) < 0:
@@ -187,6 +185,29 @@ class LayerCascade(keras.Model):
         self._training_mode = self._check_mode(mode)
         self._reset_functions()
 
+    @staticmethod
+    def _check_threshold(value):
+        if value is None:
+            return None
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"dense_threshold must be a number in (0, 1] or None; got {value!r}.") from None
+        if not 0.0 < value <= 1.0:
+            raise ValueError(f"dense_threshold must be in (0, 1] or None; got {value}.")
+        return value
+
+    @property
+    def dense_threshold(self):
+        """Forwarded fraction from which a region stage is computed densely (None: never).
+        Settable, e.g. to the crossover `keras_lc.benchmark.measure_crossover` finds."""
+        return self._dense_threshold
+
+    @dense_threshold.setter
+    def dense_threshold(self, value):
+        self._dense_threshold = self._check_threshold(value)
+        self._reset_functions()  # the threshold is a constant of the traced graph
+
     @property
     def dense(self):
         """If True, every stage is computed densely and masked: the reference
@@ -218,16 +239,20 @@ class LayerCascade(keras.Model):
         # Preprocessing lives in the model so that exported models take raw uint8 images.
         return tf.cast(inputs, tf.float32) / 127.5 - 1.0
 
-    def _region_stage(self, k, features, region, rho, dense, training):
+    def _region_stage(self, k, features, region, rho, dense, training, path="auto"):
+        """Stage k (1 or 2) and its head on `region`. `dense` or path "dense": the masked dense
+        computation; path "region": the region path whatever the fraction; "auto": dense from
+        `dense_threshold` up."""
+
         def run(use_dense):
             index = RegionIndex(region, dense=use_dense)
             y = self.stages[k](features, region=index, training=training)
             probs, next_region, logits = self.heads[k](y, region=index, rho=rho, return_logits=True, training=training)
             return y, probs, next_region, logits
 
-        if dense:
+        if dense or path == "dense":
             return run(True)
-        if self.dense_threshold is None:
+        if self.dense_threshold is None or path == "region":
             return run(False)
         fraction = tf.reduce_mean(tf.cast(region, tf.float32))
         return tf.cond(fraction >= self.dense_threshold, lambda: run(True), lambda: run(False))
