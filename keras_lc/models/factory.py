@@ -32,8 +32,8 @@ def _resnet(depth):
 
 # Forwarded fraction above which a region stage runs densely, measured per backbone on the 2-core CPU
 # (benchmarks/backbone_speed.py: IRNet/ResNet region stages still win at 75% and lose at 100%; the tiny
-# stages break even near 65-70%, docs/RESULTS.md).
-DENSE_THRESHOLDS = {"tiny": 0.7, "irnet": 0.9, "resnet50": 0.9, "resnet101": 0.9}
+# stages break even at 75% (batch 1) / 81% (batch 8): `keras-lc bench ... --crossover`, docs/RESULTS.md).
+DENSE_THRESHOLDS = {"tiny": 0.75, "irnet": 0.9, "resnet50": 0.9, "resnet101": 0.9}
 
 BACKBONES = {"tiny": _tiny, "irnet": _irnet, "resnet50": _resnet("resnet50"), "resnet101": _resnet("resnet101")}
 
