@@ -107,6 +107,8 @@ def cmd_train(args):
     backbone_kwargs = {"width": args.width} if args.width else {}
     if args.width:
         backbone_kwargs.update(bottleneck_channels=args.width, head_channels=args.width)
+    if args.head_channels:
+        backbone_kwargs["head_channels"] = args.head_channels
     if args.block_counts:
         try:
             counts = args.block_counts if isinstance(args.block_counts, list) else str(args.block_counts).split(",")
@@ -444,6 +446,8 @@ def build_parser():
     p.add_argument("--recipe", default=None, help="a TOML file of these options (recipes/*.toml)")
     p.add_argument("--backbone", default="tiny")
     p.add_argument("--width", type=int, default=None, help="tiny backbone: channels (default 64)")
+    p.add_argument("--head-channels", type=int, default=None,
+                   help="hidden width of the stage heads' first conv (default: --width for tiny, 256 for irnet/resnet)")
     p.add_argument("--rho", type=_rho, default=0.95, help="confidence threshold in (0, 1] (default 0.95)")
     p.add_argument("--initial-epochs", type=int, default=8)
     p.add_argument("--cascade-epochs", type=int, default=6)

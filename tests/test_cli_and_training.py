@@ -167,6 +167,10 @@ def test_train_flags_reach_the_library(tmp_path, monkeypatch):
               "--save-every", "7", "--cascade-learning-rate", "1e-4", "--out", str(tmp_path)])
     assert [s.num_blocks for s in seen["model"].stages] == [1, 1, 1]
     assert seen["save_freq"] == 7 and seen["cascade_learning_rate"] == 1e-4
+    cli.main(["train", "--width", "16", "--head-channels", "8", "--num-images", "2", "--image-size", "32",
+              "--out", str(tmp_path)])
+    assert [h.hidden_channels for h in seen["model"].heads] == [8, 8, 8]
+    assert seen["model"].stages[1].channels == 16
     with pytest.raises(SystemExit, match="--block-counts"):
         cli.main(["train", "--backbone", "irnet", "--block-counts", "a,b", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="--imagenet-weights file not found"):
