@@ -12,11 +12,9 @@ import argparse
 import json
 import os
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 FRACTIONS = (0.05, 0.15, 0.30, 0.50, 0.75, 1.00)
@@ -51,15 +49,10 @@ def bench_args(doc, argv, repeats=30):
 
 
 def median_ms(fns, repeats, warmup=3):
-    """`fns` {name: (tf.function, args)} run one after another in each of `repeats` rounds; median ms per name."""
-    times = {name: [] for name in fns}
-    for round_ in range(warmup + repeats):
-        for name, (fn, args) in fns.items():
-            start = time.perf_counter()
-            tf.nest.map_structure(lambda t: t.numpy(), fn(*args))
-            if round_ >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: 1000 * float(np.median(v)) for name, v in times.items()}
+    """`fns` {name: (tf.function, args)} alternating over rounds; median ms per name (keras_lc.benchmark)."""
+    from keras_lc.benchmark import median_seconds
+
+    return {name: 1000 * t for name, t in median_seconds(fns, repeats, warmup).items()}
 
 
 def layer_and_input(h, w, cin, cout, kernel_size, dilation):

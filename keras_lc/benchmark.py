@@ -38,6 +38,19 @@ def _seconds(fn, *args):
     return time.perf_counter() - start, result
 
 
+def median_seconds(pieces, repeats, warmup=1):
+    """`pieces` `{name: (fn, args)}` run one after another in each of `warmup + repeats`
+    rounds, so that machine noise hits them alike; the median seconds of each name over
+    the `repeats` timed rounds."""
+    times = {name: [] for name in pieces}
+    for round_ in range(warmup + repeats):
+        for name, (fn, args) in pieces.items():
+            t, _ = _seconds(fn, *args)
+            if round_ >= warmup:
+                times[name].append(t)
+    return {name: float(np.median(v)) for name, v in times.items()}
+
+
 def benchmark_cascade(model, images, rhos=(1.0, 0.995, 0.985, 0.95, 0.9, 0.8), repeats=10, warmup=2, ideal=True):
     """Images/s of the dense network and of the cascade at each ρ, in one run, alternating.
 
@@ -138,15 +151,9 @@ def stage_times(model, images, rho=None, repeats=10, warmup=2, dense=False):
     f1, _, r2 = first(images)
     f2, _, r3 = second(f1, r2)
     pieces = {"stage1": (first, (images,)), "stage2": (second, (f1, r2)), "stage3": (third, (f2, r3))}
-    times = {k: [] for k in pieces}
-    for round_ in range(warmup + repeats):
-        for name, (fn, args) in pieces.items():
-            t, _ = _seconds(fn, *args)
-            if round_ >= warmup:
-                times[name].append(t)
+    result = median_seconds(pieces, repeats, warmup)
     n = float(tf.size(r2))
     share2, share3 = float(tf.reduce_sum(tf.cast(r2, tf.float32))) / n, float(tf.reduce_sum(tf.cast(r3, tf.float32))) / n
-    result = {k: float(np.median(v)) for k, v in times.items()}
     result.update({"rho": rho, "stage_share": [1 - share2, share2 - share3, share3]})
     return result
 
@@ -197,14 +204,10 @@ def measure_crossover(model, images, fractions=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.
     ratios, dense_times = [], []
     for fraction in fractions:
         region = tf.constant(blob_region(tuple(features.shape[:3]), fraction))
-        times = {"region": [], "dense": []}
-        for round_ in range(warmup + repeats):
-            for name, fn in (("region", region_fn), ("dense", dense_fn)):
-                t, _ = _seconds(fn, features, region)
-                if round_ >= warmup:
-                    times[name].append(t)
-        dense_times.append(float(np.median(times["dense"])))
-        ratios.append(float(np.median(times["region"])) / dense_times[-1])
+        times = median_seconds({"region": (region_fn, (features, region)), "dense": (dense_fn, (features, region))},
+                               repeats, warmup)
+        dense_times.append(times["dense"])
+        ratios.append(times["region"] / times["dense"])
     crossover = 1.0
     for i, ratio in enumerate(ratios):
         if ratio >= 1.0:
