@@ -5,14 +5,14 @@ BIN := $(VENV)/bin
 DEMO := runs/demo
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: demo test test-all install clean
+.PHONY: demo test test-all install lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/python -m pip install -q -e ".[test,serve,onnx]"
+	$(BIN)/python -m pip install -q -e ".[test,serve,onnx,pretrained,lint]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -27,7 +27,10 @@ demo: install
 	print('pixels decided at stage 1/2/3: ' + ' / '.join('%.1f%%' % (100 * s) for s in r['stage_share']))"
 	@echo "model: $(DEMO)/model.keras   stage-map PNGs: $(DEMO)/predictions/ and $(DEMO)/panels/"
 
-test: install
+lint: install
+	$(BIN)/ruff check .
+
+test: install lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-all: install

@@ -25,7 +25,7 @@ def blob(h, w, fraction, seed=0):
     noise = np.random.default_rng(seed).normal(size=(1, h, w, 1)).astype(np.float32)
     for _ in range(3):
         noise = tf.nn.avg_pool2d(noise, 7, 1, "SAME").numpy()
-    return (noise[..., 0] >= np.quantile(noise, 1 - fraction))
+    return noise[..., 0] >= np.quantile(noise, 1 - fraction)
 
 
 def main(argv=None):
@@ -63,8 +63,11 @@ def main(argv=None):
     h = args.size // 8
     regions = {fr: tf.constant(blob(h, h, fr)) for fr in args.fractions}
     full = tf.constant(np.ones((1, h, h), bool))
-    calls = [("dense", dense_fn, full)] + [(f"auto {fr}", auto_fn, regions[fr]) for fr in args.fractions] + \
-        [(f"region {fr}", region_fn, regions[fr]) for fr in args.fractions]
+    calls = (
+        [("dense", dense_fn, full)]
+        + [(f"auto {fr}", auto_fn, regions[fr]) for fr in args.fractions]
+        + [(f"region {fr}", region_fn, regions[fr]) for fr in args.fractions]
+    )
     for _, fn, r in calls:
         fn(x, r).numpy()
     times = {name: [] for name, *_ in calls}
@@ -74,15 +77,27 @@ def main(argv=None):
             fn(x, r).numpy()
             times[name].append(time.perf_counter() - t)
     med = {k: float(np.median(v)) for k, v in times.items()}
-    print(f"{args.backbone} at {args.size}x{args.size}, batch 1, median of {args.repeats}; dense "
-          f"{1 / med['dense']:.2f} images/s ({1000 * med['dense']:.0f} ms); auto = dense above {threshold:.0%} forwarded")
-    print("| forwarded after stage 1 | cascade, auto dense fallback (images/s) | vs dense | cascade, region path only | vs dense |")
+    print(
+        f"{args.backbone} at {args.size}x{args.size}, batch 1, median of {args.repeats}; dense "
+        f"{1 / med['dense']:.2f} images/s ({1000 * med['dense']:.0f} ms); auto = dense above {threshold:.0%} forwarded"
+    )
+    print(
+        "| forwarded after stage 1 | cascade, auto dense fallback (images/s) | vs dense "
+        "| cascade, region path only | vs dense |"
+    )
     print("|---|---|---|---|---|")
     rows = []
     for fr in args.fractions:
         a, r = med[f"auto {fr}"], med[f"region {fr}"]
-        rows.append({"fraction": fr, "auto_images_per_s": 1 / a, "auto_speedup": med["dense"] / a,
-                     "region_images_per_s": 1 / r, "region_speedup": med["dense"] / r})
+        rows.append(
+            {
+                "fraction": fr,
+                "auto_images_per_s": 1 / a,
+                "auto_speedup": med["dense"] / a,
+                "region_images_per_s": 1 / r,
+                "region_speedup": med["dense"] / r,
+            }
+        )
         print(f"| {100 * fr:.0f}% | {1 / a:.2f} | {med['dense'] / a:.2f}x | {1 / r:.2f} | {med['dense'] / r:.2f}x |")
     if args.json:
         with open(args.json, "w") as f:

@@ -26,10 +26,24 @@ from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 import keras_lc  # noqa: E402,F401  (registers the model's classes)
 
 KINDS = [  # (kind, op types); first match wins, the rest is "elementwise/other"
-    ("conv (dense)", ("Conv2D", "_MklNativeConv2D", "_MklConv2D", "_FusedConv2D", "_MklNativeFusedConv2D",
-                      "_MklFusedConv2D", "DepthwiseConv2dNative", "SpaceToBatchND", "BatchToSpaceND")),
-    ("matmul (region conv)", ("MatMul", "_MklMatMul", "_MklNativeFusedMatMul", "_FusedMatMul", "BatchMatMulV2",
-                              "_MklBatchMatMulV2")),
+    (
+        "conv (dense)",
+        (
+            "Conv2D",
+            "_MklNativeConv2D",
+            "_MklConv2D",
+            "_FusedConv2D",
+            "_MklNativeFusedConv2D",
+            "_MklFusedConv2D",
+            "DepthwiseConv2dNative",
+            "SpaceToBatchND",
+            "BatchToSpaceND",
+        ),
+    ),
+    (
+        "matmul (region conv)",
+        ("MatMul", "_MklMatMul", "_MklNativeFusedMatMul", "_FusedMatMul", "BatchMatMulV2", "_MklBatchMatMulV2"),
+    ),
     ("gather", ("GatherV2", "GatherNd", "ResourceGather")),
     ("scatter", ("ScatterNd", "TensorScatterUpdate", "TensorScatterAdd", "UnsortedSegmentSum")),
     ("index building", ("Where", "Cumsum", "Range", "FloorMod", "FloorDiv", "Tile", "Pad", "Concat", "ConcatV2")),
@@ -105,11 +119,15 @@ def main():
         return model.forward_details(x, rho=rho, dense=False)["labels"]
 
     rho = tf.constant(args.rho, tf.float32)
-    results = {"dense": profile(dense, (images,), args.runs),
-               f"rho {args.rho:g}": profile(cascade, (images, rho), args.runs)}
+    results = {
+        "dense": profile(dense, (images,), args.runs),
+        f"rho {args.rho:g}": profile(cascade, (images, rho), args.runs),
+    }
     print(f"ms per forward pass (batch {args.batch}, {images.shape[1]}x{images.shape[2]}), op time summed")
     for title, index in (("by op kind", 0), ("by part", 1), ("top op types", 2)):
-        keys = sorted({k for r in results.values() for k in r[index]}, key=lambda k: -max(r[index][k] for r in results.values()))
+        keys = sorted(
+            {k for r in results.values() for k in r[index]}, key=lambda k: -max(r[index][k] for r in results.values())
+        )
         keys = keys[:15] if index == 2 else keys
         print(f"\n{title:<36}" + "".join(f"{name:>14}" for name in results))
         for key in keys:

@@ -100,18 +100,31 @@ def main(argv=None):
                     return index.neighbours(layer.kernel_size, layer.dilation_rate), index.inverse
                 return index.flat, index.inverse
 
-            med = median_ms({"dense": (dense, (x,)), "region": (region_conv, (x, region)),
-                             "index": (index_only, (region,))}, args.repeats)
+            med = median_ms(
+                {"dense": (dense, (x,)), "region": (region_conv, (x, region)), "index": (index_only, (region,))},
+                args.repeats,
+            )
             # The index is built once per stage and shared by its convs: report the layer without it too.
             layer_only = max(med["region"] - med["index"], 0.0)
-            rows.append({"layer": name, "fraction": fraction, "dense_ms": med["dense"],
-                         "region_ms": med["region"], "index_ms": med["index"],
-                         "ratio": med["region"] / med["dense"], "ratio_without_index": layer_only / med["dense"],
-                         "target": fraction + 0.1})
+            rows.append(
+                {
+                    "layer": name,
+                    "fraction": fraction,
+                    "dense_ms": med["dense"],
+                    "region_ms": med["region"],
+                    "index_ms": med["index"],
+                    "ratio": med["region"] / med["dense"],
+                    "ratio_without_index": layer_only / med["dense"],
+                    "target": fraction + 0.1,
+                }
+            )
             r = rows[-1]
-            print(f"{name:<26} {100 * fraction:5.0f}%  dense {r['dense_ms']:7.2f} ms  region {r['region_ms']:7.2f} ms "
-                  f"(index {r['index_ms']:5.2f})  ratio {r['ratio']:.2f}  w/o index {r['ratio_without_index']:.2f}  "
-                  f"target <= {r['target']:.2f}", flush=True)
+            print(
+                f"{name:<26} {100 * fraction:5.0f}%  dense {r['dense_ms']:7.2f} ms  region {r['region_ms']:7.2f} ms "
+                f"(index {r['index_ms']:5.2f})  ratio {r['ratio']:.2f}  w/o index {r['ratio_without_index']:.2f}  "
+                f"target <= {r['target']:.2f}",
+                flush=True,
+            )
     return write_rows(args, rows)
 
 

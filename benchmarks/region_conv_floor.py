@@ -39,7 +39,9 @@ def main(argv=None):
         dense = tf.function(lambda x: tf.nn.convolution(x, kernel, padding="SAME", dilations=(d, d)))
         matmul = tf.function(lambda patches: tf.matmul(patches, matrix))
         gather = tf.function(lambda flat: tf.reshape(tf.gather(padded, flat), [tf.shape(flat)[0], -1]))
-        floor = tf.function(lambda flat: tf.matmul(tf.reshape(tf.gather(padded, flat), [tf.shape(flat)[0], -1]), matrix))
+        floor = tf.function(
+            lambda flat: tf.matmul(tf.reshape(tf.gather(padded, flat), [tf.shape(flat)[0], -1]), matrix)
+        )
         for fraction in FRACTIONS:
             region = tf.constant(blob_region(h, w, fraction))
             index = RegionIndex(region)
@@ -54,17 +56,27 @@ def main(argv=None):
             def index_only(region):
                 return RegionIndex(region).neighbours(layer.kernel_size, layer.dilation_rate)
 
-            ms = median_ms({"dense": (dense, (x,)), "matmul": (matmul, (patches,)), "gather": (gather, (neighbours,)),
-                             "floor": (floor, (neighbours,)),
-                             "region": (region_conv, (x, region)), "index": (index_only, (region,))}, args.repeats)
+            ms = median_ms(
+                {
+                    "dense": (dense, (x,)),
+                    "matmul": (matmul, (patches,)),
+                    "gather": (gather, (neighbours,)),
+                    "floor": (floor, (neighbours,)),
+                    "region": (region_conv, (x, region)),
+                    "index": (index_only, (region,)),
+                },
+                args.repeats,
+            )
             row = {"layer": name, "fraction": fraction, "target": fraction + 0.1, "dense_ms": ms["dense"]}
             row.update({f"{key}_ratio": ms[key] / ms["dense"] for key in ("matmul", "gather", "floor")})
             row["region_without_index_ratio"] = max(ms["region"] - ms["index"], 0.0) / ms["dense"]
             rows.append(row)
-            print(f"{name:<26} {100 * fraction:3.0f}%  dense {ms['dense']:6.2f} ms  matmul {row['matmul_ratio']:.2f}  "
-                  f"gather {row['gather_ratio']:.2f}  floor {row['floor_ratio']:.2f}  "
-                  f"RegionConv2D w/o index {row['region_without_index_ratio']:.2f}  target <= {row['target']:.2f}",
-                  flush=True)
+            print(
+                f"{name:<26} {100 * fraction:3.0f}%  dense {ms['dense']:6.2f} ms  matmul {row['matmul_ratio']:.2f}  "
+                f"gather {row['gather_ratio']:.2f}  floor {row['floor_ratio']:.2f}  "
+                f"RegionConv2D w/o index {row['region_without_index_ratio']:.2f}  target <= {row['target']:.2f}",
+                flush=True,
+            )
     return write_rows(args, rows)
 
 

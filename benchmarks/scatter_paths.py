@@ -38,15 +38,25 @@ def main(argv=None):
             inverse = index.inverse[:-1]
             scatter_nd = tf.function(lambda v: tf.scatter_nd(coords, v, shape))
             inverse_gather = tf.function(
-                lambda v: tf.reshape(tf.gather(tf.concat([v, tf.zeros([1, c])], 0), inverse), shape))
+                lambda v: tf.reshape(tf.gather(tf.concat([v, tf.zeros([1, c])], 0), inverse), shape)
+            )
             np.testing.assert_array_equal(scatter_nd(values), inverse_gather(values))
-            ms = median_ms({"scatter_nd": (scatter_nd, (values,)), "inverse gather": (inverse_gather, (values,))},
-                           args.repeats)
-            rows.append({"map": [h, w, c], "fraction": fraction, "scatter_nd_ms": ms["scatter_nd"],
-                         "inverse_gather_ms": ms["inverse gather"]})
-            print(f"{h}x{w}x{c} {100 * fraction:3.0f}%  scatter_nd {ms['scatter_nd']:.3f} ms  "
-                  f"inverse gather {ms['inverse gather']:.3f} ms  ratio {ms['inverse gather'] / ms['scatter_nd']:.2f}",
-                  flush=True)
+            ms = median_ms(
+                {"scatter_nd": (scatter_nd, (values,)), "inverse gather": (inverse_gather, (values,))}, args.repeats
+            )
+            rows.append(
+                {
+                    "map": [h, w, c],
+                    "fraction": fraction,
+                    "scatter_nd_ms": ms["scatter_nd"],
+                    "inverse_gather_ms": ms["inverse gather"],
+                }
+            )
+            print(
+                f"{h}x{w}x{c} {100 * fraction:3.0f}%  scatter_nd {ms['scatter_nd']:.3f} ms  "
+                f"inverse gather {ms['inverse gather']:.3f} ms  ratio {ms['inverse gather'] / ms['scatter_nd']:.2f}",
+                flush=True,
+            )
     return write_rows(args, rows)
 
 

@@ -92,21 +92,31 @@ def main(argv=None):
 
     def stats(rows):
         lat = np.array([s for _, s, ok in rows if ok]) * 1000
-        return {"requests": len(rows), "errors": sum(1 for *_, ok in rows if not ok),
-                "throughput_per_s": len(lat) / wall,
-                "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
-                "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None}
+        return {
+            "requests": len(rows),
+            "errors": sum(1 for *_, ok in rows if not ok),
+            "throughput_per_s": len(lat) / wall,
+            "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
+            "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
+        }
 
-    report = {"clients": args.clients, "seconds": wall, "image": [args.height, args.width],
-              "instances": args.instances, "all": stats(results),
-              "per_rho": {str(r): stats([row for row in results if row[0] == r]) for r in args.rhos}}
+    report = {
+        "clients": args.clients,
+        "seconds": wall,
+        "image": [args.height, args.width],
+        "instances": args.instances,
+        "all": stats(results),
+        "per_rho": {str(r): stats([row for row in results if row[0] == r]) for r in args.rhos},
+    }
     print(f"{args.clients} clients, {wall:.0f} s, {args.height}x{args.width} images, {args.instances} instances")
     print("| requests | ρ | throughput (req/s) | p50 (ms) | p99 (ms) | p99/p50 | errors |")
     print("|---|---|---|---|---|---|---|")
     for name, s in [("all", report["all"]), *report["per_rho"].items()]:
         ratio = s["p99_ms"] / s["p50_ms"] if s["p50_ms"] else float("nan")
-        print(f"| {s['requests']} | {name} | {s['throughput_per_s']:.2f} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | "
-              f"{ratio:.2f} | {s['errors']} |")
+        print(
+            f"| {s['requests']} | {name} | {s['throughput_per_s']:.2f} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | "
+            f"{ratio:.2f} | {s['errors']} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     return 0

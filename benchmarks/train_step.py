@@ -39,8 +39,13 @@ def main(argv=None):
         m.training_mode = mode
         m.compile(optimizer=keras.optimizers.SGD(0.0))  # lr 0: every op runs, the weights stay put
         models[mode] = m
-    batches = [b for _, b in zip(range(4), directory_dataset(args.data_dir, "train", args.batch_size, training=True,
-                                                              crop_size=(args.crop, args.crop)))]
+    batches = [
+        b
+        for _, b in zip(
+            range(4),
+            directory_dataset(args.data_dir, "train", args.batch_size, training=True, crop_size=(args.crop, args.crop)),
+        )
+    ]
     for m in models.values():
         m.train_on_batch(*batches[0])
     times = {m: [] for m in models}
@@ -57,9 +62,11 @@ def main(argv=None):
     med = {m: float(np.median(v)) for m, v in times.items()}
     share = np.mean(shares, axis=0)
     print(f"batch {args.batch_size} of {args.crop}x{args.crop} crops, rho {model.rho:g}, median of {args.repeats}")
-    print(f"initial (DSN) step {1000 * med['initial']:.0f} ms; cascade step {1000 * med['cascade']:.0f} ms; "
-          f"ratio {med['cascade'] / med['initial']:.2f}; cascade share decided at stage 1/2/3 "
-          + " / ".join(f"{100 * s:.1f}%" for s in share))
+    print(
+        f"initial (DSN) step {1000 * med['initial']:.0f} ms; cascade step {1000 * med['cascade']:.0f} ms; "
+        f"ratio {med['cascade'] / med['initial']:.2f}; cascade share decided at stage 1/2/3 "
+        + " / ".join(f"{100 * s:.1f}%" for s in share)
+    )
     return 0
 
 

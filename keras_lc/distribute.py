@@ -40,7 +40,8 @@ def parse_tf_config(text=None):
                 raise ValueError(f'TF_CONFIG address {a!r} in "{role}" is not "host:port".')
     task = config.get("task")
     if not isinstance(task, dict) or "type" not in task or "index" not in task:
-        raise ValueError('TF_CONFIG needs a "task" object with "type" and "index", e.g. {"type": "worker", "index": 0}.')
+        raise ValueError('TF_CONFIG needs a "task" object with "type" and "index", '
+                         'e.g. {"type": "worker", "index": 0}.')
     if task["type"] not in cluster:
         raise ValueError(f'TF_CONFIG task type {task["type"]!r} is not in the cluster ({sorted(cluster)}).')
     if not isinstance(task["index"], int) or not 0 <= task["index"] < len(cluster[task["type"]]):

@@ -99,11 +99,12 @@ def train_phase(
     interrupted one resumes from `backup/<phase>/`. With `keep_best` and `val_data`,
     `best.keras` keeps the best validation mIoU, over the epochs before an
     interruption too. Every epoch's logs go to `logs/<phase>.csv` (appended to on
-    resume), and the phase's full history to `history.json` under `phase`. `lr_schedule` "cosine" decays the rate to 0 over the
-    phase (the last epochs' weights then differ little, so the final model is less of a
-    lottery than with a constant rate); it needs a dataset of known length. Phases compose: `train_cascade` is "initial" then
-    "cascade"; the ablation recipe chains its own (e.g. one phase per stage, with the
-    earlier stages frozen, for the Model Cascade).
+    resume), and the phase's full history to `history.json` under `phase`. `lr_schedule`
+    "cosine" decays the rate to 0 over the phase (the last epochs' weights then differ little,
+    so the final model is less of a lottery than with a constant rate); it needs a dataset of
+    known length. Phases compose: `train_cascade` is "initial" then "cascade"; the ablation
+    recipe chains its own (e.g. one phase per stage, with the earlier stages frozen, for the
+    Model Cascade).
 
     Returns:
         the phase's history dict, or None when it was already finished.
@@ -180,4 +181,5 @@ def train_phase(
 def _read_epoch_log(path):
     """Rows of a CSVLogger file as dicts of floats (the "epoch" column and "NA" cells left out)."""
     with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items() if k != "epoch" and v not in ("", "NA", None)} for row in csv.DictReader(f)]
+        return [{k: float(v) for k, v in row.items() if k != "epoch" and v not in ("", "NA", None)}
+                for row in csv.DictReader(f)]

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import SMALL
+
 from keras_lc import build_model
 from keras_lc.ablations import VARIANTS, lc_label_keep, train_variant
 from keras_lc.data import synthetic

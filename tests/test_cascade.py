@@ -181,7 +181,8 @@ def test_bad_rho(small_model, images, rho):
 
 @pytest.mark.parametrize(
     "shape, dtype, message",
-    [((32, 32, 3), np.uint8, "4D"), ((1, 32, 32, 4), np.uint8, "3 channels"), ((1, 32, 32, 1), np.float32, "3 channels"),
+    [((32, 32, 3), np.uint8, "4D"), ((1, 32, 32, 4), np.uint8, "3 channels"),
+     ((1, 32, 32, 1), np.float32, "3 channels"),
      ((1, 0, 32, 3), np.uint8, "non-zero"), ((1, 8, 8, 3), bool, "dtype")],
 )
 def test_bad_images(small_model, shape, dtype, message):

@@ -174,7 +174,8 @@ def test_train_flags_reach_the_library(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="--block-counts"):
         cli.main(["train", "--backbone", "irnet", "--block-counts", "a,b", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="--imagenet-weights file not found"):
-        cli.main(["train", "--backbone", "irnet", "--imagenet-weights", str(tmp_path / "no.h5"), "--out", str(tmp_path)])
+        cli.main(["train", "--backbone", "irnet", "--imagenet-weights", str(tmp_path / "no.h5"),
+                  "--out", str(tmp_path)])
 
 
 def test_cosine_schedule_decays_each_phase_to_zero(tmp_path):

@@ -50,7 +50,8 @@ def test_evaluate_numbers_on_known_outputs():
     stage = np.array([[[1, 1, 2, 3], [3, 3, 1, 1]]], np.uint8)
     model = _Fixed(pred, stage)
     r = evaluate_cascade(model, [(np.zeros((1, 2, 4, 3), np.uint8), truth)], class_names=["a", "b", "c"])
-    # class 0: tp 1, fp 1 (pred 0 at a truth-2 pixel), fn 1 -> 1/3; class 1: tp 2, fp 1 -> 2/3; class 2: tp 1, fn 1 -> 1/2
+    # class 0: tp 1, fp 1 (pred 0 at a truth-2 pixel), fn 1 -> 1/3; class 1: tp 2, fp 1 -> 2/3;
+    # class 2: tp 1, fn 1 -> 1/2
     assert r["per_class_iou"] == pytest.approx({"a": 1 / 3, "b": 2 / 3, "c": 1 / 2})
     assert r["miou"] == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)
     assert r["pixel_accuracy"] == pytest.approx(4 / 6)

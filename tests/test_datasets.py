@@ -180,7 +180,8 @@ def test_cityscapes_layout_maps_train_ids(tmp_path):
         directory_dataset(tmp_path, "val", layout="ade20k")
 
 
-@pytest.mark.parametrize("mode, expected", [("median", [0.5, 1.0, 2.0, 4.0]), ("median-sqrt", [0.707107, 1.0, 1.414214, 2.0])])
+@pytest.mark.parametrize("mode, expected", [("median", [0.5, 1.0, 2.0, 4.0]),
+                                            ("median-sqrt", [0.707107, 1.0, 1.414214, 2.0])])
 def test_cli_median_class_weights(camvid_like, tmp_path, mode, expected):
     import keras
 

@@ -197,7 +197,8 @@ def test_cli_export_and_serve_stop_cleanly(model, tmp_path, inputs):
     assert (tmp_path / "repo" / "lc" / "config.pbtxt").is_file()
     http, grpc_port = _free_port(), _free_port()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.Popen([sys.executable, "-m", "keras_lc.cli", "serve", "--model-repository", str(tmp_path / "repo"),
+    proc = subprocess.Popen([sys.executable, "-m", "keras_lc.cli", "serve",
+                             "--model-repository", str(tmp_path / "repo"),
                              "--http-port", str(http), "--grpc-port", str(grpc_port)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -1,7 +1,6 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from keras_lc import build_model
 from keras_lc.models.weights import load_imagenet_weights
@@ -151,7 +150,7 @@ def test_resnet_loads_keras_weights_by_name(resnet50, tmp_path):
     app.save_weights(path)
     report = load_imagenet_weights(resnet50, path)
     assert report["missing"] == [] and report["extra"] == [] and len(report["copied"]) == 106
-    ours = {n: l for s in resnet50.stages for n, l in s.named_layers().items()}
+    ours = {n: layer for s in resnet50.stages for n, layer in s.named_layers().items()}
     for name in ("conv1_conv", "conv3_block1_0_conv", "conv4_block6_2_conv", "conv5_block3_3_bn"):
         for a, b in zip(ours[name].get_weights(), app.get_layer(name).get_weights()):
             np.testing.assert_array_equal(a, b)

@@ -1,6 +1,6 @@
 import keras
-import pytest
 import numpy as np
+import pytest
 import tensorflow as tf
 from conftest import blob_region
 

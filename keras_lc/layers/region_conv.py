@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from keras_lc.layers.region_index import RegionIndex, _pair, as_region_index
+from keras_lc.layers.region_index import _pair, as_region_index
 
 
 @keras.saving.register_keras_serializable(package="keras_lc")

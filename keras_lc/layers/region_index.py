@@ -193,6 +193,18 @@ class RegionIndex:
             self._neighbours[key] = tf.where(valid, flat, pad_row)
         return self._neighbours[key]
 
+    def compact_neighbours(self, kernel_size, dilation_rate):
+        """Rows of each region pixel's neighbours in the compact features `[N, kh*kw]`.
+
+        A neighbour outside the region or the image points at row N, the zero row a caller
+        appends to the compact `[N, C]` values: region-conv semantics (zeros outside M) read
+        straight from the compact trunk, with no dense map written. Cached like `neighbours`.
+        """
+        key = ("compact", *kernel_size, *dilation_rate)
+        if key not in self._neighbours:
+            self._neighbours[key] = tf.gather(self.inverse, self.neighbours(kernel_size, dilation_rate))
+        return self._neighbours[key]
+
     def gather_neighbourhoods(self, x, kernel_size, dilation_rate):
         """Dense `[B, H, W, C]` (or the padded flat map of `scatter_for_conv`) -> `[N, kh*kw*C]`,
         ordered (ky, kx, c) like a Conv2D kernel."""

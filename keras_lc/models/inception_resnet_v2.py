@@ -28,7 +28,8 @@ class RegionConvBN(keras.layers.Layer):
     """RegionConv2D + frozen BatchNormalization + activation (Keras Applications' conv-BN units).
 
     Defaults match InceptionResNetV2 (no conv bias, BN without scale, epsilon 1e-3); ResNet
-    uses `use_bias=True, bn_scale=True, epsilon=1.001e-5`. `conv_name`/`bn_name` set the
+    uses `use_bias=True, bn_scale=True, epsilon=1.001e-5`; EfficientNet-Lite `bn_scale=True` and
+    `activation="relu6"` (or None). `conv_name`/`bn_name` set the
     sublayer names (default `<name>_conv`, `<name>_bn`).
     `apply_at(x_dense, index)` → compact values; `apply_compact(t)` for 1×1 kernels.
     """
@@ -56,7 +57,9 @@ class RegionConvBN(keras.layers.Layer):
         if bn.scale:
             inv = inv * tf.cast(bn.gamma, t.dtype)
         t = (t - tf.cast(bn.moving_mean, t.dtype)) * inv + tf.cast(bn.beta, t.dtype)
-        return tf.nn.relu(t) if self.activation == "relu" else t
+        if self.activation == "relu":
+            return tf.nn.relu(t)
+        return tf.nn.relu6(t) if self.activation == "relu6" else t
 
     def apply_at(self, x, index, training=None):
         return self._finish(self.conv.apply_at(x, index))
@@ -122,7 +125,8 @@ class InceptionResNetBranch(keras.layers.Layer):
         super().__init__(**kwargs)
         if block_type not in self.SPECS:
             raise ValueError(f"Unknown Inception-ResNet block type {block_type!r}.")
-        self.block_type, self.block_idx, self.channels, self.dilation_rate = block_type, block_idx, channels, dilation_rate
+        self.block_type, self.block_idx = block_type, block_idx
+        self.channels, self.dilation_rate = channels, dilation_rate
         prefix = f"{block_type}_{block_idx}"
         self.branches = _make_branches(self.SPECS[block_type], prefix, dilation_rate)
         self.up = RegionConv2D(channels, 1, use_bias=True, name=f"{prefix}_conv")

@@ -1,0 +1,97 @@
+"""RegionDepthwiseConv2D: a depthwise k×k convolution on the compact trunk of a region."""
+
+import keras
+import tensorflow as tf
+
+from keras_lc.layers.region_index import _pair, as_region_index
+
+
+@keras.saving.register_keras_serializable(package="keras_lc")
+class RegionDepthwiseConv2D(keras.layers.Layer):
+    """Depthwise convolution (one k×k filter per channel) computed only inside a region.
+
+    Stride 1, 'same' zero padding, odd kernels, any dilation. The region's features are
+    held compact (`[N, C]`, one row per region pixel); each output row is the sum over the
+    kh·kw taps of the neighbour's row times the tap's weights, the neighbour rows being
+    looked up through the region's inverse index (`RegionIndex.compact_neighbours`). A
+    neighbour outside the region (or the image) reads as zero, the paper's region-conv
+    semantics, so the 6×-expanded features of an MBConv block are never written back to
+    a dense map. With an all-true region the output equals
+    `keras.layers.DepthwiseConv2D(kernel_size, padding="same", dilation_rate=...)` with the
+    same weights (`kernel` `[kh, kw, C, 1]`, Keras' layout; no bias).
+
+    Args:
+        kernel_size: int or pair of odd ints.
+        dilation_rate: int or pair of ints. Defaults to 1.
+        depthwise_initializer: initializer of the kernel.
+        **kwargs: base `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: float `[B, H, W, C]`.
+        region: bool `[B, H, W]` or a `RegionIndex`.
+
+    Returns:
+        float `[B, H, W, C]`: zeros outside the region; inside, the depthwise conv of the
+        input with the values outside the region taken as zero.
+    """
+
+    def __init__(self, kernel_size, dilation_rate=1, depthwise_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.dilation_rate = _pair(dilation_rate, "dilation_rate")
+        if any(k % 2 == 0 or k < 1 for k in self.kernel_size):
+            raise ValueError(f"RegionDepthwiseConv2D needs odd kernel sizes; got kernel_size={self.kernel_size}.")
+        if any(d < 1 for d in self.dilation_rate):
+            raise ValueError(f"dilation_rate must be >= 1; got {self.dilation_rate}.")
+        self.depthwise_initializer = keras.initializers.get(depthwise_initializer)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError("RegionDepthwiseConv2D needs a known channel count (last axis of the input).")
+        self.kernel = self.add_weight(name="kernel", shape=(*self.kernel_size, channels, 1),
+                                      initializer=self.depthwise_initializer)
+
+    def apply_dense(self, x, strides=1):
+        """Plain dense depthwise conv of a full map `[B, H, W, C]` (TF 'SAME' padding, any stride)."""
+        kernel = tf.cast(self.kernel, x.dtype)
+        if strides != 1:  # TF does not combine strides and dilations; stride-2 blocks are never dilated
+            return tf.nn.depthwise_conv2d(x, kernel, [1, strides, strides, 1], "SAME")
+        return tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME", dilations=self.dilation_rate)
+
+    def apply_compact(self, values, index):
+        """Compact input -> compact output at the region pixels.
+
+        Sparse index: `[N, C]` -> `[N, C]`. Dense index: `[B, H, W, C]` maps whose values
+        outside the region are unspecified -> the same (masked here before the conv).
+        """
+        if index.dense:
+            return self.apply_dense(values * tf.cast(index.mask, values.dtype))
+        taps = index.compact_neighbours(self.kernel_size, self.dilation_rate)  # [N, kh*kw], N = zero row
+        zero = tf.zeros(tf.stack([1, tf.shape(values)[1]]), values.dtype)
+        padded = tf.concat([values, zero], axis=0)
+        kernel = tf.reshape(tf.cast(self.kernel, values.dtype), [-1, tf.shape(values)[1]])  # [kh*kw, C]
+        # One gather per tap, accumulated: the [N, kh*kw, C] patch tensor of a single gather would be
+        # kh*kw times the expanded trunk (25x for the 5x5 kernels).
+        out = None
+        for t in range(self.kernel_size[0] * self.kernel_size[1]):
+            term = tf.gather(padded, taps[:, t]) * kernel[t]
+            out = term if out is None else out + term
+        return out
+
+    def call(self, inputs, region):
+        index = as_region_index(region)
+        index.check_features(inputs, "RegionDepthwiseConv2D inputs")
+        return index.scatter(self.apply_compact(index.gather(inputs), index))
+
+    def compute_output_shape(self, input_shape, region_shape=None):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "kernel_size": self.kernel_size,
+            "dilation_rate": self.dilation_rate,
+            "depthwise_initializer": keras.initializers.serialize(self.depthwise_initializer),
+        })
+        return config
