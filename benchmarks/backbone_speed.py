@@ -37,7 +37,6 @@ def main(argv=None):
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     from keras_lc import build_model
-    from keras_lc.layers import RegionIndex
     from keras_lc.models.factory import DENSE_THRESHOLDS
 
     model = build_model(args.backbone, num_classes=21, rho=1.0)
@@ -48,11 +47,10 @@ def main(argv=None):
         @tf.function
         def run(images, region):
             model.dense_threshold = threshold
-            f = model.stages[0](model._preprocess(images), training=False)
-            full = RegionIndex(tf.ones(tf.shape(f)[:3], tf.bool), dense=True)
-            model.heads[0](f, region=full, rho=one)
-            f, *_ = model._region_stage(1, f, region, one, dense, False)
-            model._region_stage(2, f, region, one, dense, False)
+            f = model.run_stage(1, model.preprocess(images), rho=one)["features"]
+            path = "dense" if dense else "auto"
+            f = model.run_stage(2, f, region, rho=one, path=path)["features"]
+            model.run_stage(3, f, region, rho=one, path=path)
             return f
 
         return run

@@ -9,7 +9,6 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from keras_lc.layers.region_index import RegionIndex
 from keras_lc.layers.stage_head import check_rho
 
 
@@ -133,21 +132,18 @@ def stage_times(model, images, rho=None, repeats=10, warmup=2, dense=False):
 
     @tf.function(reduce_retracing=True)
     def first(images):
-        x = model._preprocess(images)
-        f = model.stages[0](x, training=False)
-        full = tf.ones(tf.shape(f)[:3], tf.bool)
-        probs, region, _ = model.heads[0](f, region=RegionIndex(full, dense=True), rho=rho_t, return_logits=True)
-        return f, probs, region
+        out = model.run_stage(1, model.preprocess(images), rho=rho_t)
+        return out["features"], out["probs"], out["next_region"]
 
     def later(k):
         @tf.function(reduce_retracing=True)
         def run(f, region):
-            y, probs, nxt, _ = model._region_stage(k, f, region, rho_t, dense, False)
-            return y, probs, nxt
+            out = model.run_stage(k, f, region, rho=rho_t, path="dense" if dense else "auto")
+            return out["features"], out["probs"], out["next_region"]
 
         return run
 
-    second, third = later(1), later(2)
+    second, third = later(2), later(3)
     f1, _, r2 = first(images)
     f2, _, r3 = second(f1, r2)
     pieces = {"stage1": (first, (images,)), "stage2": (second, (f1, r2)), "stage3": (third, (f2, r3))}
@@ -190,14 +186,14 @@ def measure_crossover(model, images, fractions=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.
         raise ValueError(f"fractions must be numbers in (0, 1]; got {fractions}.")
     images = tf.convert_to_tensor(images)
     rho = tf.constant(1.0, tf.float32)
-    features = model.stages[0](model._preprocess(images), training=False)
+    features = model.stages[0](model.preprocess(images), training=False)
 
     def later_stages(path):
         @tf.function(reduce_retracing=True)
         def run(f, region):
-            y, probs, _, _ = model._region_stage(1, f, region, rho, False, False, path=path)
-            _, probs3, _, _ = model._region_stage(2, y, region, rho, False, False, path=path)
-            return probs, probs3
+            second = model.run_stage(2, f, region, rho=rho, path=path)
+            third = model.run_stage(3, second["features"], region, rho=rho, path=path)
+            return second["probs"], third["probs"]
 
         return run
 

@@ -224,7 +224,7 @@ def _images_and_truth(args, model):
         return [(Path(p).stem, im, None) for p, im in zip(args.images, _read_images(args.images))]
     if getattr(args, "data", "synthetic") != "synthetic":
         from keras_lc.data import list_pairs, read_info
-        from keras_lc.data.datasets import _decode
+        from keras_lc.data.datasets import decode_example
 
         if not args.data_dir:
             raise SystemExit(f"keras-lc: --data {args.data} needs --data-dir")
@@ -232,7 +232,7 @@ def _images_and_truth(args, model):
         images, labels = list_pairs(args.data_dir, args.split, args.data)
         items = []
         for ip, lp in list(zip(images, labels))[: args.num_images]:
-            image, label = _decode(ip, lp, info["num_classes"], info["ignore_index"], args.data)
+            image, label = decode_example(ip, lp, info["num_classes"], info["ignore_index"], args.data)
             items.append((Path(ip).stem, image.numpy(), label.numpy()))
         return items
     from keras_lc.data import synthetic_arrays

@@ -67,7 +67,7 @@ def serving_functions(model, include_probs=False):
 
     @tf.function(input_signature=[images_spec])
     def serving_default(images):
-        return outputs(images, tf.identity(model._rho))
+        return outputs(images, model.rho_tensor)
 
     @tf.function(input_signature=[images_spec, rho_spec])
     def serving_rho(images, rho):
@@ -75,7 +75,7 @@ def serving_functions(model, include_probs=False):
 
     @tf.function(input_signature=[bytes_spec])
     def serving_image_bytes(image_bytes):
-        return outputs(_decode(image_bytes), tf.identity(model._rho))
+        return outputs(_decode(image_bytes), model.rho_tensor)
 
     @tf.function(input_signature=[bytes_spec, rho_spec])
     def serving_image_bytes_rho(image_bytes, rho):

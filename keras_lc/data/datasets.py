@@ -173,13 +173,33 @@ def _voc_label(data):
     return tf.cond(tf.shape(raw)[-1] >= 3, from_rgb, lambda: tf.cast(raw[..., 0], tf.int32))
 
 
-def _decode(image_path, label_path, num_classes, ignore, layout="camvid"):
+def decode_label(data):
+    """Class ids `[H, W]` int32 from an encoded single-channel label image, at its bit depth.
+
+    `tf.io.decode_image` would rescale a 16-bit PNG to 8 bits (ids 0..255 become 0); here PNGs are
+    decoded as 16 bits and 8-bit ones divided back by 257 (TF's exact 8→16-bit widening).
+    """
+    is_png = tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n")
+
+    def png():
+        depth = tf.io.decode_raw(tf.strings.substr(data, 24, 1), tf.uint8)[0]  # the IHDR bit depth
+        raw = tf.cast(tf.io.decode_png(data, channels=1, dtype=tf.uint16)[..., 0], tf.int32)
+        return tf.where(tf.equal(depth, 16), raw, raw // 257)
+
+    def other():
+        return tf.cast(tf.io.decode_image(data, channels=1, expand_animations=False)[..., 0], tf.int32)
+
+    return tf.cond(is_png, png, other)
+
+
+def decode_example(image_path, label_path, num_classes, ignore_class, layout="camvid"):
+    """Read one (image uint8 `[H, W, 3]`, label int32 `[H, W]`) pair, checking the label values."""
+    ignore = ignore_class
     image = tf.io.decode_image(tf.io.read_file(image_path), channels=3, expand_animations=False)
     if layout == "voc":
         label = _voc_label(tf.io.read_file(label_path))
     else:
-        label = tf.io.decode_image(tf.io.read_file(label_path), channels=1, expand_animations=False)[..., 0]
-        label = tf.cast(label, tf.int32)
+        label = decode_label(tf.io.read_file(label_path))
         if layout == "cityscapes":
             lut = np.full(256, 255, np.int32)
             for k, v in CITYSCAPES_TRAIN_IDS.items():
@@ -222,7 +242,7 @@ def directory_dataset(root, split, batch_size=8, training=False, crop_size=(256,
     if limit:
         images, labels = images[:limit], labels[:limit]
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
-    ds = ds.map(lambda a, b: _decode(a, b, k, ignore, layout), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda a, b: decode_example(a, b, k, ignore, layout), num_parallel_calls=tf.data.AUTOTUNE)
     if cache:
         ds = ds.cache()
     if training:

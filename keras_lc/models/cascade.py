@@ -233,7 +233,15 @@ class LayerCascade(keras.Model):
         # Create every variable with one small dense forward (no tf.cond involved).
         self.forward_details(tf.zeros([1, 32, 32, 3], tf.float32), dense=True)
 
-    def _preprocess(self, inputs):
+    def preprocess(self, inputs):
+        """Validate images and scale them as the backbone expects.
+
+        Args:
+            inputs: uint8 or float `[B, H, W, 3]` images in 0..255.
+
+        Returns:
+            float32 `[B, H, W, 3]` (see `preprocessing`).
+        """
         if not tf.is_tensor(inputs):
             inputs = tf.convert_to_tensor(inputs)
         shape = inputs.shape
@@ -249,18 +257,53 @@ class LayerCascade(keras.Model):
         offset, divisor = PREPROCESSING[self.preprocessing]
         return (tf.cast(inputs, tf.float32) - offset) / divisor
 
-    def _region_stage(self, k, features, region, rho, dense, training, path="auto"):
-        """Stage k (1 or 2) and its head on `region`. `dense` or path "dense": the masked dense
-        computation; path "region": the region path whatever the fraction; "auto": dense from
-        `dense_threshold` up."""
+    @property
+    def rho_tensor(self):
+        """The model's ρ as a float32 scalar tensor (read from its variable: traced graphs see later changes)."""
+        return tf.identity(self._rho)
+
+    def run_stage(self, k, features, region=None, *, rho=None, path="auto", training=False):
+        """Stage k (1, 2 or 3) and its head: the building block of the forward pass, public for
+        benchmarks, export and analysis.
+
+        Args:
+            k: 1, 2 or 3.
+            features: stage 1: preprocessed images `[B, H, W, 3]` (`preprocess`); stages 2–3:
+                the previous stage's features `[B, h, w, C]`.
+            region: stages 2–3: bool `[B, h, w]`, the pixels to compute (ignored for stage 1,
+                which computes every pixel).
+            rho: float or float32 scalar tensor; None: the model's.
+            path: "auto" (dense from `dense_threshold` up), "region" (the region path whatever
+                the fraction) or "dense" (the masked dense computation: same numbers).
+            training: bool.
+
+        Returns:
+            dict: `features` (the stage's output), `probs` float32 `[B, h, w, K]` and `logits`
+            (zeros outside the region), `next_region` bool `[B, h, w]` (the pixels forwarded
+            to stage k + 1).
+        """
+        if k not in (1, 2, 3):
+            raise ValueError(f"k must be 1, 2 or 3; got {k!r}.")
+        if path not in ("auto", "region", "dense"):
+            raise ValueError(f"path must be 'auto', 'region' or 'dense'; got {path!r}.")
+        rho = self.rho_tensor if rho is None else tf.cast(rho, tf.float32)
+        if k == 1:
+            y = self.stages[0](features, training=training)
+            index = RegionIndex(tf.ones(tf.shape(y)[:3], tf.bool), dense=True)
+            probs, next_region, logits = self.heads[0](y, region=index, rho=rho, return_logits=True,
+                                                       training=training)
+            return {"features": y, "probs": probs, "next_region": next_region, "logits": logits}
+        if region is None:
+            raise ValueError(f"stage {k} needs a region: a bool tensor [B, h, w].")
 
         def run(use_dense):
             index = RegionIndex(region, dense=use_dense)
-            y = self.stages[k](features, region=index, training=training)
-            probs, next_region, logits = self.heads[k](y, region=index, rho=rho, return_logits=True, training=training)
-            return y, probs, next_region, logits
+            y = self.stages[k - 1](features, region=index, training=training)
+            probs, next_region, logits = self.heads[k - 1](y, region=index, rho=rho, return_logits=True,
+                                                           training=training)
+            return {"features": y, "probs": probs, "next_region": next_region, "logits": logits}
 
-        if dense or path == "dense":
+        if path == "dense":
             return run(True)
         if self.dense_threshold is None or path == "region":
             return run(False)
@@ -296,24 +339,23 @@ class LayerCascade(keras.Model):
         # regions still come from the ρ tensor, and the dense path is exact for any region.
         static_rho = rho if isinstance(rho, (int, float)) else self._rho_value if rho is None else None
         dense = dense or (static_rho is not None and static_rho >= 1.0)
-        x = self._preprocess(inputs)
+        x = self.preprocess(inputs)
         in_h, in_w = tf.shape(x)[1], tf.shape(x)[2]
         if forward_all:
             rho = tf.constant(1.0)
         elif rho is None:
-            rho = tf.identity(self._rho)
+            rho = self.rho_tensor
         else:
             if isinstance(rho, (int, float)):
                 check_rho(rho)
             rho = tf.cast(rho, tf.float32)
 
-        f1 = self.stages[0](x, training=training)
-        shape = tf.shape(f1)
-        full = tf.ones(shape[:3], tf.bool)
-        p1, r2, l1 = self.heads[0](f1, region=RegionIndex(full, dense=True), rho=rho, return_logits=True,
-                                   training=training)
-        f2, p2, r3, l2 = self._region_stage(1, f1, r2, rho, dense or forward_all, training)
-        _, p3, _, l3 = self._region_stage(2, f2, r3, rho, dense or forward_all, training)
+        path = "dense" if dense or forward_all else "auto"
+        s1 = self.run_stage(1, x, rho=rho, training=training)
+        s2 = self.run_stage(2, s1["features"], s1["next_region"], rho=rho, path=path, training=training)
+        s3 = self.run_stage(3, s2["features"], s2["next_region"], rho=rho, path=path, training=training)
+        full, r2, r3 = tf.ones(tf.shape(s1["next_region"]), tf.bool), s1["next_region"], s2["next_region"]
+        (l1, p1), (l2, p2), (l3, p3) = [(s["logits"], s["probs"]) for s in (s1, s2, s3)]
 
         stage_low = 1 + tf.cast(r2, tf.uint8) + tf.cast(r3, tf.uint8)  # [B, h, w]
         combined = tf.where(r3[..., None], p3, tf.where(r2[..., None], p2, p1))
