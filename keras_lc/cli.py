@@ -349,15 +349,19 @@ def cmd_bench(args):
 
 
 def cmd_export(args):
+    from keras_lc.export import version_folder
+
+    out = Path(args.out if args.out else "saved_models")
+    if args.triton or args.format != "onnx":
+        version_folder(out, args.name, args.version, args.overwrite)  # a taken version fails before the model loads
     model = _load(args.model)
     if args.rho is not None:
         model.rho = args.rho
-    out = Path(args.out if args.out else "saved_models")
     if args.triton:
         from keras_lc.serving import write_triton_repository
 
         root = write_triton_repository(model, out, args.name, args.version, fmt=args.format,
-                                       include_probs=args.probs)
+                                       include_probs=args.probs, overwrite=args.overwrite)
         print(f"[keras-lc] wrote Triton model {root}/ (config.pbtxt, {args.version}/model.py); "
               f"serve it with: keras-lc serve --model-repository {out}")
     elif args.format == "onnx":
@@ -368,7 +372,8 @@ def cmd_export(args):
     else:
         from keras_lc.export import export_savedmodel
 
-        path = export_savedmodel(model, out, args.name, args.version, include_probs=args.probs)
+        path = export_savedmodel(model, out, args.name, args.version, include_probs=args.probs,
+                                 overwrite=args.overwrite)
         print(f"[keras-lc] wrote SavedModel {path}/ (signatures: serving_default, serving_rho, serving_image_bytes, "
               f"serving_image_bytes_rho)")
 
@@ -556,6 +561,7 @@ def build_parser():
     p.add_argument("--out", default=None, help="folder (default saved_models/); with --triton, the repository")
     p.add_argument("--format", default="savedmodel", choices=["savedmodel", "onnx"])
     p.add_argument("--triton", action="store_true", help="write a Triton model repository (Python backend)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
     p.add_argument("--probs", action="store_true", help="also output probs [B,H,W,K] (larger responses)")
     p.add_argument("--rho", type=_rho, default=None, help="the default rho of the export (default: the model's)")
     p.set_defaults(func=cmd_export)
@@ -618,7 +624,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except ValueError as e:
+    except (ValueError, FileExistsError) as e:
         if os.environ.get("KERAS_LC_DEBUG"):
             raise
         raise SystemExit(f"keras-lc: error: {e}  (set KERAS_LC_DEBUG=1 for the traceback)") from None

@@ -15,8 +15,11 @@ Outputs: `labels` int32 `[B, H, W]` (input resolution), `stage` uint8 `[B, H, W]
 `include_probs=True`. Images of one request share one size.
 """
 
+import contextlib
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import tensorflow as tf
@@ -89,27 +92,73 @@ def serving_functions(model, include_probs=False):
     }
 
 
-def export_savedmodel(model, out_dir="saved_models", name="lc", version=1, include_probs=False, overwrite=True):
-    """Write a SavedModel in TF Serving's layout, `out_dir/<name>/<version>/`. Returns that path.
+def version_folder(out_dir, name, version, overwrite=False):
+    """`out_dir/<name>/<version>` after checking the name, the version and that the folder is free.
 
-    The model's current ρ becomes the default of the signatures without `rho`.
+    An existing version is an error naming it unless `overwrite` (a server may be serving it);
+    an unwritable or non-folder `out_dir` is an error before any work is done.
     """
-    if int(version) < 1:
-        raise ValueError(f"version must be a positive integer (TF Serving's layout); got {version}.")
-    if not name or "/" in name:
+    if isinstance(version, bool) or int(version) != version or int(version) < 1:
+        raise ValueError(f"version must be a positive integer (TF Serving's layout); got {version!r}.")
+    if not name or "/" in name or name in (".", ".."):
         raise ValueError(f"name must be a plain folder name; got {name!r}.")
     path = Path(out_dir) / name / str(int(version))
-    if path.exists():
-        if not overwrite:
-            raise FileExistsError(f"{path} exists; pick another --version or remove it.")
-        shutil.rmtree(path)
+    for parent in [path.parent, *path.parent.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"cannot export under {parent}: it is a file, not a folder.")
+            if not os.access(parent, os.W_OK):
+                raise ValueError(f"cannot export under {parent}: the folder is not writable.")
+            break
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pick another --version, or pass --overwrite to replace it.")
+    return path
+
+
+@contextlib.contextmanager
+def staged_folder(path):
+    """Build a folder under a temporary name next to `path`, then move it into place.
+
+    A polling server never sees half a model, and a failed or killed export leaves the
+    previous `path` as it was (an existing one is swapped out only once the new one is
+    complete). Yields the temporary folder to write into.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def export_savedmodel(model, out_dir="saved_models", name="lc", version=1, include_probs=False, overwrite=False):
+    """Write a SavedModel in TF Serving's layout, `out_dir/<name>/<version>/`. Returns that path.
+
+    The model's current ρ becomes the default of the signatures without `rho`. An existing
+    version is an error unless `overwrite`; the export is built next to it and moved into place.
+    """
+    path = version_folder(out_dir, name, version, overwrite)
+    with staged_folder(path) as tmp:
+        _write_savedmodel(model, tmp, include_probs)
+    return path
+
+
+def _write_savedmodel(model, path, include_probs):
     module = tf.Module()
     module.model = model
     fns = serving_functions(model, include_probs)
     for fn_name, fn in fns.items():
         setattr(module, fn_name, fn)
     tf.saved_model.save(module, str(path), signatures=fns)
-    (path / "keras_lc.json").write_text(
+    (Path(path) / "keras_lc.json").write_text(
         json.dumps({"num_classes": model.num_classes, "rho": model.rho, "ignore_class": model.ignore_class,
                     "include_probs": include_probs, "signatures": list(SIGNATURES)}, indent=1)
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_lc.export import export_onnx, export_savedmodel
+from keras_lc.export import _write_savedmodel, export_onnx, staged_folder, version_folder
 
 # --------------------------------------------------------------------------- repository
 _MODEL_PY = '''
@@ -118,7 +118,7 @@ instance_group [ {{ kind: KIND_CPU, count: {instances} }} ]
 
 
 def write_triton_repository(model, repository, name="lc", version=1, fmt="savedmodel", include_probs=False,
-                            instances=1, max_batch_size=8):
+                            instances=1, max_batch_size=8, overwrite=False):
     """Write `repository/<name>/config.pbtxt` and `repository/<name>/<version>/` for Triton's Python backend.
 
     The version folder holds `model.py`, `keras_lc.json` and `model.savedmodel/`
@@ -127,28 +127,29 @@ def write_triton_repository(model, repository, name="lc", version=1, fmt="savedm
     [B, 1], the first value is used); responses `labels` and `stage` (and `probs` if
     exported). Triton's dynamic batcher is on: it queues concurrent requests and hands
     them to the backend together. Images of one request share a size.
+
+    An existing version is an error unless `overwrite`; the version folder is built under a
+    temporary name next to it and moved into place, so a polling server never sees half a model.
     """
     if fmt not in ("savedmodel", "onnx"):
         raise ValueError(f"fmt must be 'savedmodel' or 'onnx'; got {fmt!r}.")
     root = Path(repository) / name
-    vdir = root / str(int(version))
-    if vdir.exists():
-        shutil.rmtree(vdir)
-    vdir.mkdir(parents=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        saved = export_savedmodel(model, tmp, "m", 1, include_probs=include_probs)
-        shutil.copytree(saved, vdir / "model.savedmodel")
-    if fmt == "onnx":
-        export_onnx(model, vdir / "model.onnx", include_probs=include_probs)
-        shutil.rmtree(vdir / "model.savedmodel")
-    (vdir / "keras_lc.json").write_text(json.dumps(
-        {"num_classes": model.num_classes, "rho": model.rho, "ignore_class": model.ignore_class, "format": fmt,
-         "include_probs": include_probs}, indent=1))
-    (vdir / "model.py").write_text(_MODEL_PY.format(fmt=fmt, include_probs=include_probs))
+    vdir = version_folder(repository, name, version, overwrite)
+    with staged_folder(vdir) as tmp_vdir:
+        if fmt == "onnx":
+            export_onnx(model, tmp_vdir / "model.onnx", include_probs=include_probs)
+        else:
+            _write_savedmodel(model, tmp_vdir / "model.savedmodel", include_probs)
+        (tmp_vdir / "keras_lc.json").write_text(json.dumps(
+            {"num_classes": model.num_classes, "rho": model.rho, "ignore_class": model.ignore_class, "format": fmt,
+             "include_probs": include_probs}, indent=1))
+        (tmp_vdir / "model.py").write_text(_MODEL_PY.format(fmt=fmt, include_probs=include_probs))
     probs = ',\n  { name: "probs", data_type: TYPE_FP32, dims: [ -1, -1, -1 ] }' if include_probs else ""
     batching = "dynamic_batching { max_queue_delay_microseconds: 2000 }\n"
-    (root / "config.pbtxt").write_text(_CONFIG.format(name=name, probs=probs, instances=int(instances),
-                                                      batching=batching, max_batch_size=int(max_batch_size)))
+    config = root / ".config.pbtxt.partial"
+    config.write_text(_CONFIG.format(name=name, probs=probs, instances=int(instances), batching=batching,
+                                     max_batch_size=int(max_batch_size)))
+    os.replace(config, root / "config.pbtxt")
     return root
 
 

@@ -3,7 +3,11 @@
 import contextlib
 import csv
 import json
+import os
+import shutil
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 
 import keras
@@ -68,8 +72,82 @@ def train_cascade(
             histories[phase] = history
     model.training_mode = "cascade"
     if is_chief(strategy):
-        model.save(Path(out_dir) / "model.keras")
+        save_atomic(model, Path(out_dir) / "model.keras")
     return histories
+
+
+def save_atomic(model, path, weights_only=False):
+    """`model.save(path)` (or `save_weights`) to a temporary name next to `path`, then renamed:
+    a kill at any moment leaves either the previous file or the new one, never half of one."""
+    path = Path(path)
+    suffix = ".weights.h5" if weights_only else ".keras"
+    tmp = path.with_name(f".{path.name}.partial{suffix}")
+    (model.save_weights if weights_only else model.save)(tmp)
+    os.replace(tmp, path)
+
+
+class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` whose resume never gets stuck on a damaged checkpoint.
+
+    Keeps the previous checkpoint too (`double_checkpoint`); a checkpoint that cannot be
+    read (a kill while it was written) falls back to the previous one, and with none
+    usable the phase starts afresh; each with a one-line warning.
+    """
+
+    def __init__(self, backup_dir, save_freq="epoch"):
+        super().__init__(backup_dir, save_freq=save_freq, double_checkpoint=True)
+
+    def on_train_begin(self, logs=None):
+        try:
+            return self._load_model()
+        except Exception as e:  # noqa: BLE001 - a damaged h5 raises OSError, a cut JSON ValueError, ...
+            damage = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        # These paths are Keras' own (BackupAndRestore, keras 3.15); test_training pins them.
+        prev, prev_meta = self._prev_weights_path, self._prev_training_metadata_path
+        if os.path.exists(prev):
+            try:
+                shutil.copy(prev, self._weights_path)
+                if os.path.exists(prev_meta):
+                    shutil.copy(prev_meta, self._training_metadata_path)
+                self._load_model()
+                warnings.warn(f"keras-lc: the resume checkpoint in {self.backup_dir} was damaged ({damage}); "
+                              "resumed from the one before it.", stacklevel=2)
+                return None
+            except Exception:  # noqa: BLE001
+                pass
+        warnings.warn(f"keras-lc: the resume checkpoint in {self.backup_dir} was damaged ({damage}) and no "
+                      "earlier one is usable; this phase starts afresh.", stacklevel=2)
+        shutil.rmtree(self.backup_dir, ignore_errors=True)
+        self._current_epoch = 0
+        return None
+
+
+class AtomicBestCheckpoint(keras.callbacks.Callback):
+    """Save the model whenever `monitor` improves, written to a temporary name and renamed.
+
+    Args:
+        path: the `.keras` file. monitor: a logged value (e.g. "val_miou"); higher is better.
+        initial_value_threshold: only a value above it saves (the best before a resume).
+    """
+
+    def __init__(self, path, monitor="val_miou", initial_value_threshold=None):
+        super().__init__()
+        self.path, self.monitor = Path(path), monitor
+        self.best = -float("inf") if initial_value_threshold is None else float(initial_value_threshold)
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is not None and float(value) > self.best:
+            self.best = float(value)
+            save_atomic(self.model, self.path)
+
+
+def _usable_keras_file(path):
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip() is None and "config.json" in z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 OPTIMIZERS = {"adam": keras.optimizers.Adam, "sgd": lambda lr: keras.optimizers.SGD(lr, momentum=0.9)}
@@ -127,6 +205,11 @@ def train_phase(
         out.mkdir(parents=True, exist_ok=True)
     scratch = out if chief else Path(tempfile.mkdtemp(prefix="keras_lc_worker_"))
     done = out / f"{phase}.weights.h5"
+    best_file = out / "best.keras"
+    if chief and best_file.exists() and not _usable_keras_file(best_file):
+        warnings.warn(f"keras-lc: {best_file} is damaged (a kill while it was written?); removed, and the next "
+                      "best epoch writes it again.", stacklevel=2)
+        best_file.unlink()
     if done.exists():
         model.load_weights(done)
         if verbose:
@@ -146,17 +229,17 @@ def train_phase(
         else:
             epoch_log.unlink(missing_ok=True)  # a fresh start: a stale log would be appended to
         epoch_log.parent.mkdir(parents=True, exist_ok=True)
-    phase_callbacks = [keras.callbacks.BackupAndRestore(str(backup), save_freq=save_freq)]
+    phase_callbacks = [SafeBackupAndRestore(str(backup), save_freq=save_freq)]
     if chief:
         phase_callbacks.append(keras.callbacks.CSVLogger(str(epoch_log), append=True))
     if tensorboard and chief:
         phase_callbacks.append(keras.callbacks.TensorBoard(str(out / "logs" / phase), write_graph=False))
     if val_data is not None and keep_best and chief:
         best_so_far = max((row["val_miou"] for row in earlier if "val_miou" in row), default=None)
-        phase_callbacks.append(  # after a resume, only an epoch better than the ones before it replaces best.keras
-            keras.callbacks.ModelCheckpoint(str(out / "best.keras"), monitor="val_miou", mode="max",
-                                            save_best_only=True, initial_value_threshold=best_so_far)
-        )
+        if not best_file.exists():
+            best_so_far = None  # removed as damaged: the next epoch writes it again
+        # after a resume, only an epoch better than the ones before it replaces best.keras
+        phase_callbacks.append(AtomicBestCheckpoint(best_file, "val_miou", initial_value_threshold=best_so_far))
     # BackupAndRestore leaves the restored epoch in `model._initial_epoch`, and Keras' fit starts every later
     # fit of the same model there: after a resumed initial phase the cascade phase would run no epoch at all.
     model._initial_epoch = None
@@ -173,8 +256,10 @@ def train_phase(
         history_file = out / "history.json"
         saved = json.loads(history_file.read_text()) if history_file.exists() else {}
         saved[phase] = {k: [row[k] for row in earlier if k in row] + v for k, v in history.items()}
-        history_file.write_text(json.dumps(saved, indent=1))
-        model.save_weights(done)
+        tmp = history_file.with_name(".history.json.partial")
+        tmp.write_text(json.dumps(saved, indent=1))
+        os.replace(tmp, history_file)
+        save_atomic(model, done, weights_only=True)
     return history
 
 

@@ -195,3 +195,46 @@ def test_cosine_schedule_decays_each_phase_to_zero(tmp_path):
         train_phase(model, train, None, tmp_path, "q", 1, 1e-2, lr_schedule="step", verbose=0)
     with pytest.raises(ValueError, match="known, finite length"):
         train_phase(model, train.repeat(), None, tmp_path, "r", 1, 1e-2, lr_schedule="cosine", verbose=0)
+
+
+def _truncate(path, size=4096):
+    data = path.read_bytes()
+    path.write_bytes(data[:size])
+
+
+@pytest.mark.parametrize("keep_previous", [True, False])
+def test_damaged_resume_checkpoint_never_blocks_the_rerun(tmp_path, keep_previous):
+    data = synthetic(8, 32, 32, num_classes=3, seed=0, batch_size=4)
+    model = build_model("tiny", num_classes=3, ignore_class=3, **SMALL)
+    with pytest.raises(KeyboardInterrupt):
+        train_cascade(model, data, None, tmp_path, initial_epochs=3, cascade_epochs=1,
+                      callbacks=[_Interrupt(2, phase="initial")], tensorboard=False, verbose=0)
+    backup = tmp_path / "backup" / "initial"
+    latest = backup / "latest.weights.h5"
+    # the file names are Keras' (BackupAndRestore with double_checkpoint): pinned here, relied on in training.py
+    assert latest.is_file() and (backup / "latest.weights.h5.bkp").is_file()
+    _truncate(latest)  # as a kill during the write leaves it
+    if not keep_previous:
+        (backup / "latest.weights.h5.bkp").unlink()
+    fresh = build_model("tiny", num_classes=3, ignore_class=3, **SMALL)
+    with pytest.warns(UserWarning, match="resumed from the one before it" if keep_previous else "starts afresh"):
+        histories = train_cascade(fresh, data, None, tmp_path, initial_epochs=3, cascade_epochs=1,
+                                  tensorboard=False, verbose=0)
+    # from the previous checkpoint (epoch 1) two epochs remain; afresh, all three run
+    assert len(histories["initial"]["loss"]) == (2 if keep_previous else 3)
+    assert (tmp_path / "model.keras").is_file()
+
+
+def test_damaged_best_keras_is_repaired_and_files_are_written_atomically(tmp_path):
+    data = synthetic(8, 32, 32, num_classes=3, seed=0, batch_size=4)
+    val = synthetic(4, 32, 32, num_classes=3, seed=1, batch_size=4)
+    model = build_model("tiny", num_classes=3, ignore_class=3, **SMALL)
+    with pytest.raises(KeyboardInterrupt):
+        train_cascade(model, data, val, tmp_path, initial_epochs=1, cascade_epochs=3,
+                      callbacks=[_Interrupt(2)], tensorboard=False, verbose=0)
+    (tmp_path / "best.keras").write_bytes(b"")  # a kill while best.keras was written in place
+    fresh = build_model("tiny", num_classes=3, ignore_class=3, **SMALL)
+    with pytest.warns(UserWarning, match="best.keras is damaged"):
+        train_cascade(fresh, data, val, tmp_path, initial_epochs=1, cascade_epochs=3, tensorboard=False, verbose=0)
+    keras.models.load_model(tmp_path / "best.keras")  # written again by the resumed epoch
+    assert not list(tmp_path.glob(".*partial*"))  # no temporary file left behind

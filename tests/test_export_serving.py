@@ -235,3 +235,25 @@ def test_savedmodel_same_labels_on_real_images(model, saved):
     ref = model(x)
     np.testing.assert_array_equal(out["labels"], ref["labels"])
     np.testing.assert_array_equal(out["stage"], ref["stage"])
+
+
+def test_export_never_deletes_an_existing_version(tmp_path, model):
+    from keras_lc.cli import main
+    from keras_lc.serving import write_triton_repository
+
+    model.save(tmp_path / "m.keras")
+    version = tmp_path / "x" / "lc" / "1"
+    version.mkdir(parents=True)
+    (version / "IMPORTANT.txt").write_text("keep")
+    for extra in ([], ["--triton"]):
+        with pytest.raises(SystemExit, match="exists; pick another --version, or pass --overwrite"):
+            main(["export", str(tmp_path / "m.keras"), "--out", str(tmp_path / "x"), *extra])
+        assert (version / "IMPORTANT.txt").read_text() == "keep"
+    with pytest.raises(FileExistsError):
+        write_triton_repository(model, tmp_path / "x", "lc", 1)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SystemExit, match="it is a file, not a folder"):
+        main(["export", str(tmp_path / "m.keras"), "--out", str(tmp_path / "afile")])
+    main(["export", str(tmp_path / "m.keras"), "--out", str(tmp_path / "x"), "--overwrite"])
+    assert not (version / "IMPORTANT.txt").exists() and (version / "saved_model.pb").exists()
+    assert [p.name for p in version.parent.iterdir()] == ["1"]  # no temporary folder left behind
