@@ -18,6 +18,15 @@ def _rho(text):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _block_counts(text):
+    from keras_lc.config import TrainConfig
+
+    try:
+        return TrainConfig.parse_block_counts(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _add_data_args(p, num_images):
     g = p.add_argument_group("data (default: synthetic scenes, which need no files)")
     g.add_argument("--data", default="synthetic", choices=["synthetic", "camvid", "voc", "cityscapes"],
@@ -88,9 +97,14 @@ def cmd_train(args):
     import keras
 
     from keras_lc import build_model
+    from keras_lc.config import TrainConfig
     from keras_lc.distribute import ProgressWatchdog, make_strategy, parse_tf_config, set_precision
     from keras_lc.training import train_cascade
 
+    try:  # one typed config: the same checks for flags and recipe values
+        config = TrainConfig.from_mapping({k: getattr(args, k) for k in TrainConfig.field_names()}, "train")
+    except ValueError as e:
+        raise SystemExit(f"keras-lc: {e}") from None
     set_precision(args.precision)
     callbacks = []
     watchdog = None
@@ -102,21 +116,7 @@ def cmd_train(args):
     strategy = make_strategy(args.strategy, timeout_s=args.timeout)
     keras.utils.set_random_seed(args.seed)
     num_classes, ignore, described = _data_classes(args)
-    backbone_kwargs = {"width": args.width} if args.width else {}
-    if args.width:
-        backbone_kwargs.update(bottleneck_channels=args.width, head_channels=args.width)
-    if args.head_channels:
-        backbone_kwargs["head_channels"] = args.head_channels
-    if args.output_stride:
-        if not args.backbone.startswith("efficientnet_lite"):
-            raise SystemExit("keras-lc: --output-stride applies to the efficientnet_lite* backbones")
-        backbone_kwargs["output_stride"] = args.output_stride
-    if args.block_counts:
-        try:
-            counts = args.block_counts if isinstance(args.block_counts, list) else str(args.block_counts).split(",")
-            backbone_kwargs["block_counts"] = tuple(int(n) for n in counts)
-        except ValueError:
-            raise SystemExit(f"keras-lc: --block-counts must be three integers like 5,10,5; got {args.block_counts}")
+    backbone_kwargs = config.backbone_kwargs()
     if args.imagenet_weights == "auto":
         if not args.backbone.startswith("efficientnet_lite"):
             raise SystemExit("keras-lc: --imagenet-weights auto finds installed weights for efficientnet_lite* only")
@@ -433,7 +433,7 @@ def cmd_summary(args):
 
     from keras_lc import build_model
 
-    kwargs = {"block_counts": tuple(args.block_counts)} if args.block_counts else {}
+    kwargs = {"block_counts": args.block_counts} if args.block_counts else {}
     model = build_model(args.backbone, num_classes=args.num_classes, **kwargs)
     x = np.zeros((1, args.size, args.size, 3), np.uint8)
     out = model(x, rho=1.0)
@@ -461,15 +461,17 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a cascade: initial (DSN) then cascade training; resumable")
+    parser.train_parser = p  # a handle for --recipe (no argparse internals)
     p.add_argument("--recipe", default=None, help="a TOML file of these options (recipes/*.toml)")
     p.add_argument("--backbone", default="tiny",
                    choices=["tiny", "irnet", "resnet50", "resnet101", "efficientnet_lite0", "efficientnet_lite1",
                             "efficientnet_lite2"])
-    p.add_argument("--width", type=int, default=None, help="tiny backbone: channels (default 64)")
+    p.add_argument("--channels", type=int, default=None, help="tiny backbone: channels (default 64)")
     p.add_argument("--output-stride", type=int, default=None, choices=[8, 16],
                    help="efficientnet_lite*: output stride of the stage grid (default 16)")
     p.add_argument("--head-channels", type=int, default=None,
-                   help="hidden width of the stage heads' first conv (default: --width for tiny, 256 for irnet/resnet)")
+                   help="hidden width of the stage heads' first conv (default: --channels for tiny, 256 for "
+                        "irnet/resnet, 128 for efficientnet_lite*)")
     p.add_argument("--rho", type=_rho, default=0.95, help="confidence threshold in (0, 1] (default 0.95)")
     p.add_argument("--initial-epochs", type=int, default=8)
     p.add_argument("--cascade-epochs", type=int, default=6)
@@ -550,7 +552,8 @@ def build_parser():
     p = sub.add_parser("summary", help="parameters per stage and head, compared with Keras Applications")
     p.add_argument("--backbone", default="irnet")
     p.add_argument("--num-classes", type=int, default=21)
-    p.add_argument("--block-counts", type=int, nargs=3, default=None, help="IRNet-LC: A B C block counts")
+    p.add_argument("--block-counts", type=_block_counts, default=None,
+                   help="IRNet-LC: blocks per stage as A,B,C (e.g. 5,10,5)")
     p.add_argument("--size", type=int, default=512)
     p.set_defaults(func=cmd_summary)
 
@@ -597,24 +600,16 @@ def _apply_recipe(parser, argv):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] != "train" or "--recipe" not in argv:
         return argv
-    import tomllib
+    from keras_lc.config import TrainConfig
 
     i = argv.index("--recipe")
     if i + 1 >= len(argv):
         raise SystemExit("keras-lc: --recipe needs a .toml file")
-    path = Path(argv[i + 1])
-    if not path.is_file():
-        raise SystemExit(f"keras-lc: recipe not found: {path}")
-    try:
-        recipe = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise SystemExit(f"keras-lc: recipe {path} is not valid TOML: {e}") from None
-    train = parser._subparsers._group_actions[0].choices["train"]
-    known = {a.dest for a in train._actions}
-    unknown = sorted(set(recipe) - known)
-    if unknown:
-        raise SystemExit(f"keras-lc: recipe {path} has unknown keys: {', '.join(unknown)}")
-    train.set_defaults(**recipe)
+    try:  # the recipe's values get the config's type and range checks, like the flags
+        _, recipe = TrainConfig.from_toml(argv[i + 1])
+    except ValueError as e:
+        raise SystemExit(f"keras-lc: {e}") from None
+    parser.train_parser.set_defaults(**recipe)
     return argv[:i] + argv[i + 2:]
 
 

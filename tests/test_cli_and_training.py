@@ -167,7 +167,7 @@ def test_train_flags_reach_the_library(tmp_path, monkeypatch):
               "--save-every", "7", "--cascade-learning-rate", "1e-4", "--out", str(tmp_path)])
     assert [s.num_blocks for s in seen["model"].stages] == [1, 1, 1]
     assert seen["save_freq"] == 7 and seen["cascade_learning_rate"] == 1e-4
-    cli.main(["train", "--width", "16", "--head-channels", "8", "--num-images", "2", "--image-size", "32",
+    cli.main(["train", "--channels", "16", "--head-channels", "8", "--num-images", "2", "--image-size", "32",
               "--out", str(tmp_path)])
     assert [h.hidden_channels for h in seen["model"].heads] == [8, 8, 8]
     assert seen["model"].stages[1].channels == 16
@@ -238,3 +238,28 @@ def test_damaged_best_keras_is_repaired_and_files_are_written_atomically(tmp_pat
         train_cascade(fresh, data, val, tmp_path, initial_epochs=1, cascade_epochs=3, tensorboard=False, verbose=0)
     keras.models.load_model(tmp_path / "best.keras")  # written again by the resumed epoch
     assert not list(tmp_path.glob(".*partial*"))  # no temporary file left behind
+
+
+@pytest.mark.parametrize("line, message", [
+    ('rho = "x"', "rho must be a number"), ("batch_size = 0", "batch_size must be at least 1"),
+    ("initial_epochs = 1.5", "initial_epochs must be an integer"), ("initial_epochs = -1", "at least 0"),
+    ("learning_rate = 0", "learning_rate must be at least"), ('backbone = "vgg"', "backbone must be one of"),
+    ("warmup = 3", "unknown keys: warmup; valid keys: backbone, channels"),
+])
+def test_recipe_values_get_the_flag_checks(tmp_path, line, message):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(line + "\n")
+    with pytest.raises(SystemExit, match=message):
+        main(["train", "--recipe", str(recipe), "--out", str(tmp_path / "o")])
+
+
+def test_config_from_python_and_flags_agree():
+    from keras_lc.config import TrainConfig
+
+    config = TrainConfig.from_mapping({"backbone": "irnet", "block_counts": "5,10,5", "rho": 1})
+    assert config.block_counts == (5, 10, 5) and config.rho == 1.0
+    assert config.backbone_kwargs() == {"block_counts": (5, 10, 5)}
+    with pytest.raises(ValueError, match="output_stride applies to the efficientnet_lite"):
+        TrainConfig(output_stride=8).backbone_kwargs()
+    with pytest.raises(SystemExit):
+        main(["train", "--batch-size", "0"])

@@ -108,7 +108,7 @@ def test_cli_on_a_camvid_layout_folder(camvid_like, tmp_path, capsys):
 
     out = tmp_path / "run"
     main(["train", "--data", "camvid", "--data-dir", str(camvid_like), "--crop", "32", "--batch-size", "2",
-          "--initial-epochs", "1", "--cascade-epochs", "1", "--width", "16", "--out", str(out)])
+          "--initial-epochs", "1", "--cascade-epochs", "1", "--channels", "16", "--out", str(out)])
     main(["evaluate", str(out / "model.keras"), "--data", "camvid", "--data-dir", str(camvid_like),
           "--split", "val", "--json", str(tmp_path / "e.json")])
     text = capsys.readouterr().out
@@ -191,7 +191,7 @@ def test_cli_median_class_weights(camvid_like, tmp_path, mode, expected):
     info["segnet_class_weighting_median_freq"] = [0.5, 1.0, 2.0, 4.0]
     (camvid_like / "classes.json").write_text(json.dumps(info))
     main(["train", "--data", "camvid", "--data-dir", str(camvid_like), "--crop", "32", "--batch-size", "2",
-          "--initial-epochs", "1", "--cascade-epochs", "0", "--width", "8", "--class-weights", mode,
+          "--initial-epochs", "1", "--cascade-epochs", "0", "--channels", "8", "--class-weights", mode,
           "--out", str(tmp_path / "run")])
     assert keras.models.load_model(tmp_path / "run" / "model.keras").class_weights == expected
 

@@ -1,5 +1,7 @@
 """build_model: a plain dict of backbone builders, no registry machinery."""
 
+import numpy as np
+
 from keras_lc.layers.stage_head import StageHead, check_rho
 from keras_lc.models.cascade import LayerCascade
 from keras_lc.models.tiny import TinyRegionStage, tiny_stage1
@@ -85,6 +87,8 @@ def build_model(backbone="tiny", num_classes=5, rho=0.985, input_shape=(None, No
     if backbone not in BACKBONES:
         raise ValueError(f"Unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}.")
     check_rho(rho)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}.")
     input_shape = tuple(input_shape)
     if len(input_shape) != 3 or input_shape[-1] != 3:
         raise ValueError(f"input_shape must be (H, W, 3); got {input_shape}.")
