@@ -24,15 +24,9 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from keras_lc.layers.stage_head import check_rho_tensor
+
 SIGNATURES = ("serving_default", "serving_rho", "serving_image_bytes", "serving_image_bytes_rho")
-
-
-def _checked_rho(rho):
-    rho = tf.convert_to_tensor(rho, tf.float32)
-    ok = tf.logical_and(rho > 0.0, rho <= 1.0)
-    check = tf.debugging.Assert(ok, ["keras_lc: rho must be in (0, 1]; got", rho])
-    with tf.control_dependencies([check]):
-        return tf.identity(rho)
 
 
 def _checked_images(images):
@@ -74,7 +68,7 @@ def serving_functions(model, include_probs=False):
 
     @tf.function(input_signature=[images_spec, rho_spec])
     def serving_rho(images, rho):
-        return outputs(images, _checked_rho(rho))
+        return outputs(images, check_rho_tensor(rho))
 
     @tf.function(input_signature=[bytes_spec])
     def serving_image_bytes(image_bytes):
@@ -82,7 +76,7 @@ def serving_functions(model, include_probs=False):
 
     @tf.function(input_signature=[bytes_spec, rho_spec])
     def serving_image_bytes_rho(image_bytes, rho):
-        return outputs(_decode(image_bytes), _checked_rho(rho))
+        return outputs(_decode(image_bytes), check_rho_tensor(rho))
 
     return {
         "serving_default": serving_default,

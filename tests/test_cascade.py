@@ -234,3 +234,45 @@ def test_class_weights_weight_the_loss(small_model, images):
 
 def LayerCascadeFromConfig(model):
     return keras_lc.LayerCascade.from_config(model.get_config())
+
+
+@pytest.mark.parametrize("values, dtype, message", [
+    (np.nan, np.float32, "finite values in 0..255.*NaN"), (np.inf, np.float32, "NaN or inf"),
+    (300.0, np.float32, "values from 0 to 300"), (-1.0, np.float64, "values from -1"),
+    (7, np.uint16, "dtype uint16"), (7, np.int32, "dtype int32"),
+])
+def test_images_outside_the_contract_are_refused(small_model, values, dtype, message):
+    x = np.zeros((1, 16, 16, 3), dtype)
+    x[0, :2, :2] = values
+    with pytest.raises(ValueError, match=message):
+        small_model(x)
+
+
+def test_non_finite_images_stop_fit_and_graph_calls():
+    from conftest import SMALL
+
+    from keras_lc import build_model
+
+    model = build_model("tiny", num_classes=3, ignore_class=3, **SMALL)
+    model.compile(optimizer="adam")
+    x = np.full((2, 16, 16, 3), 100.0, np.float32)
+    x[0, 3, 3, 1] = np.nan
+    with pytest.raises(ValueError, match="images must be finite values in 0..255"):
+        model.fit(x, np.zeros((2, 16, 16), np.int32), epochs=1, verbose=0)
+    graph = tf.function(lambda images, rho: model(images, rho=rho)["labels"])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="images must be finite"):
+        graph(tf.constant(x), tf.constant(0.9))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="rho must be in"):
+        graph(tf.constant(x[1:]), tf.constant(float("nan")))
+
+
+@pytest.mark.parametrize("rho", [0.0, float("nan"), -1.0, 2.0])
+def test_rho_tensors_are_validated_like_python_rho(small_model, images, rho):
+    with pytest.raises(ValueError, match="rho"):
+        small_model(images, rho=tf.constant(rho))
+
+
+def test_string_rho_is_a_clear_error(small_model, images):
+    for rho in ("0.5", tf.constant("0.5")):
+        with pytest.raises(ValueError, match="rho must be a number"):
+            small_model(images, rho=rho)

@@ -18,6 +18,29 @@ def check_rho(rho):
     return value
 
 
+RHO_ERROR = "keras_lc: rho must be in (0, 1]"
+
+
+def check_rho_tensor(rho):
+    """Validate a ρ tensor (a per-call or served ρ): a number in (0, 1], NaN refused.
+
+    Returns float32 `rho`. A known value is checked at once (ValueError); otherwise a graph
+    assertion fails the call with `RHO_ERROR` in its message.
+    """
+    if tf.is_tensor(rho) and not (rho.dtype.is_floating or rho.dtype.is_integer):
+        raise ValueError(f"rho must be a number in (0, 1]; got a {rho.dtype.name} tensor.")
+    if isinstance(rho, (str, bytes)):
+        raise ValueError(f"rho must be a number in (0, 1]; got {rho!r}.")
+    rho = tf.cast(rho, tf.float32)
+    if tf.executing_eagerly() and rho.shape.rank == 0:
+        check_rho(float(rho))
+        return rho
+    ok = tf.reduce_all(tf.logical_and(rho > 0.0, rho <= 1.0))  # False for NaN
+    check = tf.debugging.Assert(ok, [f"{RHO_ERROR}; got", rho])
+    with tf.control_dependencies([check]):
+        return tf.identity(rho)
+
+
 def forward_region(region, probs, rho):
     """Pixels of `region` whose max probability is below ρ (all of them when ρ >= 1).
 

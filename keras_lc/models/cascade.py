@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from keras_lc.layers.region_index import RegionIndex
-from keras_lc.layers.stage_head import check_rho
+from keras_lc.layers.stage_head import RHO_ERROR, check_rho, check_rho_tensor
 from keras_lc.losses import masked_sparse_categorical_crossentropy_sum
 
 TRAINING_MODES = ("initial", "cascade")
@@ -14,6 +14,7 @@ TRAINING_MODES = ("initial", "cascade")
 PREPROCESSING = {"symmetric": (127.5, 127.5), "efficientnet_lite": (127.0, 128.0)}
 _LABEL_ERROR = "keras_lc: labels out of range"
 _SHAPE_ERROR = "keras_lc: labels do not match the images"
+_IMAGE_ERROR = "keras_lc: images must be finite values in 0..255"
 
 
 def resize_nearest(x, height, width):
@@ -37,7 +38,7 @@ def _clear_errors():
     try:
         yield
     except tf.errors.InvalidArgumentError as e:
-        for marker in (_LABEL_ERROR, _SHAPE_ERROR):
+        for marker in (_LABEL_ERROR, _SHAPE_ERROR, _IMAGE_ERROR, RHO_ERROR):
             if marker in str(e.message):
                 detail = str(e.message).split(marker, 1)[1].split("\n")[0]
                 raise ValueError(f"{marker}{detail}".replace("] [", " ").rstrip("]")) from None
@@ -251,11 +252,30 @@ class LayerCascade(keras.Model):
             raise ValueError(f"Images must have 3 channels (RGB) on the last axis; got shape {tuple(shape)}.")
         if shape.rank == 4 and any(d == 0 for d in shape[1:3]):
             raise ValueError(f"Images must have a non-zero height and width; got shape {tuple(shape)}.")
-        if not (inputs.dtype.is_integer or inputs.dtype.is_floating):
-            raise ValueError(f"Images must be uint8 or float in 0..255; got dtype {inputs.dtype.name}.")
+        if inputs.dtype != tf.uint8 and not inputs.dtype.is_floating:
+            raise ValueError(f"Images must be uint8, or float in 0..255; got dtype {inputs.dtype.name} "
+                             "(convert 16-bit images to 8 bits first).")
+        if inputs.dtype.is_floating:
+            inputs = self._check_values(tf.cast(inputs, tf.float32))
         # Preprocessing lives in the model so that exported models take raw uint8 images.
         offset, divisor = PREPROCESSING[self.preprocessing]
         return (tf.cast(inputs, tf.float32) - offset) / divisor
+
+    @staticmethod
+    def _check_values(x):
+        """Float images: finite and within 0..255 (images scaled to 0..1 are accepted: they are in range,
+        but the docs say the model expects 0..255)."""
+        low, high = tf.reduce_min(x), tf.reduce_max(x)  # NaN propagates into both
+        ok = tf.logical_and(tf.reduce_all(tf.math.is_finite(x)), tf.logical_and(low >= 0.0, high <= 255.0))
+        if tf.executing_eagerly():
+            if not bool(ok):
+                raise ValueError(f"{_IMAGE_ERROR}; got values from {float(low):g} to {float(high):g}"
+                                 + (" (NaN or inf present)" if not bool(tf.reduce_all(tf.math.is_finite(x))) else "")
+                                 + ".")
+            return x
+        check = tf.debugging.Assert(ok, [f"{_IMAGE_ERROR}; got values from", low, "to", high])
+        with tf.control_dependencies([check]):
+            return tf.identity(x)
 
     @property
     def rho_tensor(self):
@@ -345,10 +365,10 @@ class LayerCascade(keras.Model):
             rho = tf.constant(1.0)
         elif rho is None:
             rho = self.rho_tensor
+        elif isinstance(rho, (int, float)):
+            rho = tf.constant(check_rho(rho))
         else:
-            if isinstance(rho, (int, float)):
-                check_rho(rho)
-            rho = tf.cast(rho, tf.float32)
+            rho = check_rho_tensor(rho)
 
         path = "dense" if dense or forward_all else "auto"
         s1 = self.run_stage(1, x, rho=rho, training=training)
