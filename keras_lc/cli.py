@@ -170,6 +170,7 @@ def cmd_evaluate(args):
     if args.num_classes != model.num_classes:
         args.num_classes = model.num_classes
     result = evaluate_cascade(model, _dataset(args, args.split), rho=args.rho, class_names=_class_names(args, model))
+    result["split"] = args.split
     print(format_report(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
@@ -292,6 +293,7 @@ def cmd_analyze(args):
     out.mkdir(parents=True, exist_ok=True)
     result = analyze_model(model, _dataset(args, args.split), _class_names(args, model), rhos=args.rhos,
                            threshold=args.threshold, repeats=args.repeats)
+    result["split"] = args.split
     plot_difficulty(result["fig1b"], out / "fig1b_difficulty.png")
     plot_stage_share(result["fig5"], out / "fig5_stage_share.png")
     plot_tradeoff(result["fig7a"], out / "fig7a_tradeoff.png")
@@ -506,7 +508,7 @@ def build_parser():
     p.add_argument("model", help="a .keras file")
     p.add_argument("--rho", type=_rho, default=None, help="evaluate at this rho (default: the model's)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
-    p.add_argument("--split", default="val", choices=["train", "val"])
+    p.add_argument("--split", default="val", help="a split folder of --data-dir (train, val, test, ...)")
     _add_data_args(p, num_images=64)
     p.set_defaults(func=cmd_evaluate)
 
@@ -534,12 +536,12 @@ def build_parser():
     p.add_argument("--data", default="synthetic", choices=["synthetic", "camvid", "voc", "cityscapes"],
                    help="without IMAGES: panels of this dataset's --split, with ground truth and its palette")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--split", default="val", choices=["train", "val"])
+    p.add_argument("--split", default="val", help="a split folder of --data-dir (train, val, test, ...)")
     p.set_defaults(func=cmd_visualize)
 
     p = sub.add_parser("analyze", help="the paper's Figs. 1b, 5, 7a, 7b as PNG plots + JSON")
     p.add_argument("model")
-    p.add_argument("--split", default="val", choices=["train", "val"])
+    p.add_argument("--split", default="val", help="a split folder of --data-dir (train, val, test, ...)")
     p.add_argument("--out", default="analysis")
     p.add_argument("--rho", type=_rho, default=None, help="the model's rho for Figs. 5 and 7b")
     p.add_argument("--rhos", type=_rho, nargs="+", default=[1.0, 0.995, 0.985, 0.95, 0.9, 0.8],

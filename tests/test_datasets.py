@@ -207,3 +207,22 @@ def test_16_bit_label_pngs_keep_their_class_ids(camvid_like):
     np.testing.assert_array_equal(decode_label(tf.io.encode_png(wide)), wide[..., 0])
     jpeg = tf.io.encode_jpeg(np.full((4, 4, 1), 3, np.uint8), quality=100)
     np.testing.assert_array_equal(decode_label(jpeg), np.full((4, 4), 3))
+
+
+def test_any_split_folder_is_accepted_and_a_missing_one_lists_the_found(camvid_like, tmp_path):
+    import shutil
+
+    from keras_lc.cli import main
+
+    shutil.copytree(camvid_like / "val", camvid_like / "test")
+    pairs = list_pairs(camvid_like, "test")
+    assert len(pairs[0]) == 2
+    with pytest.raises(ValueError, match="no split 'holdout'.*found there: test, train, val"):
+        list_pairs(camvid_like, "holdout")
+    from keras_lc import build_model
+
+    build_model("tiny", num_classes=4, ignore_class=4, width=8, bottleneck_channels=8, head_channels=8,
+                stage2_dilations=(2,), stage3_dilations=(2,)).save(tmp_path / "m.keras")
+    main(["evaluate", str(tmp_path / "m.keras"), "--data", "camvid", "--data-dir", str(camvid_like),
+          "--split", "test", "--json", str(tmp_path / "e.json")])
+    assert json.loads((tmp_path / "e.json").read_text())["split"] == "test"

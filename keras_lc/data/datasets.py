@@ -142,6 +142,9 @@ def list_pairs(root, split, layout="camvid"):
             _check_readable(p)
         return [str(p) for p in images], [str(p) for p in labels]
     images_dir, labels_dir = root / split / "images", root / split / "labels"
+    if not (root / split).is_dir():
+        found = sorted(d.name for d in root.iterdir() if (d / "images").is_dir() and (d / "labels").is_dir())
+        raise ValueError(f"no split {split!r} in {root}; the splits found there: {', '.join(found) or 'none'}.")
     for d in (images_dir, labels_dir):
         if not d.is_dir():
             raise ValueError(f"missing folder {d} (expected <root>/<split>/images and <root>/<split>/labels).")
