@@ -80,7 +80,7 @@ def _data_classes(args):
     if not args.data_dir:
         raise SystemExit(f"keras-lc: --data {args.data} needs --data-dir")
     info = read_info(args.data_dir, args.data)
-    return info["num_classes"], info["ignore_index"], f"{args.data} from {args.data_dir} ({args.crop}px crops)"
+    return info["num_classes"], info["ignore_class"], f"{args.data} from {args.data_dir} ({args.crop}px crops)"
 
 
 def _load(path):
@@ -115,7 +115,7 @@ def cmd_train(args):
         callbacks.append(watchdog.callback())
     strategy = make_strategy(args.strategy, timeout_s=args.timeout)
     keras.utils.set_random_seed(args.seed)
-    num_classes, ignore, described = _data_classes(args)
+    num_classes, ignore_class, described = _data_classes(args)
     backbone_kwargs = config.backbone_kwargs()
     if args.imagenet_weights == "auto":
         if not args.backbone.startswith("efficientnet_lite"):
@@ -141,7 +141,7 @@ def cmd_train(args):
         if class_weights is None:
             raise SystemExit(f"keras-lc: {args.data_dir}/classes.json has no segnet_class_weighting_median_freq")
     with strategy.scope():
-        model = build_model(args.backbone, num_classes=num_classes, rho=args.rho, ignore_class=ignore,
+        model = build_model(args.backbone, num_classes=num_classes, rho=args.rho, ignore_class=ignore_class,
                             class_weights=class_weights, **backbone_kwargs)
     if args.imagenet_weights:
         from keras_lc.models.weights import load_imagenet_weights
@@ -233,7 +233,7 @@ def _images_and_truth(args, model):
         images, labels = list_pairs(args.data_dir, args.split, args.data)
         items = []
         for ip, lp in list(zip(images, labels))[: args.num_images]:
-            image, label = decode_example(ip, lp, info["num_classes"], info["ignore_index"], args.data)
+            image, label = decode_example(ip, lp, info["num_classes"], info["ignore_class"], args.data)
             items.append((Path(ip).stem, image.numpy(), label.numpy()))
         return items
     from keras_lc.data import synthetic_arrays

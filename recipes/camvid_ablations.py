@@ -56,7 +56,7 @@ if args.class_weights != "none":
 
 def build():
     keras.utils.set_random_seed(SEED)  # every variant starts from the same initial weights
-    return build_model("tiny", num_classes=info["num_classes"], rho=RHO, ignore_class=info["ignore_index"],
+    return build_model("tiny", num_classes=info["num_classes"], rho=RHO, ignore_class=info["ignore_class"],
                        width=WIDTH, bottleneck_channels=WIDTH, head_channels=WIDTH, class_weights=class_weights)
 
 

@@ -51,7 +51,7 @@ def test_scale_crop_flip_keeps_pairs_aligned():
     label[:, :10] = 1
     tf.random.set_seed(0)
     for _ in range(5):
-        im, lb = random_scale_crop_flip(image, label, (16, 16), (0.8, 1.5), ignore_label=9)
+        im, lb = random_scale_crop_flip(image, label, (16, 16), (0.8, 1.5), ignore_class=9)
         im, lb = im.numpy(), lb.numpy()
         bright = im[..., 0] > 150
         assert np.mean(bright == (lb == 1)) > 0.9  # image and label moved together

@@ -7,8 +7,8 @@ pad *labels* with the ignore index (Keras pads masks with 0, a real class).
 import tensorflow as tf
 
 
-def random_scale_crop_flip(image, label, crop_size=(256, 256), scale_range=(0.5, 2.0), ignore_label=255):
-    """Random scale, pad-if-needed (labels padded with `ignore_label`), random crop, random h-flip.
+def random_scale_crop_flip(image, label, crop_size=(256, 256), scale_range=(0.5, 2.0), ignore_class=255):
+    """Random scale, pad-if-needed (labels padded with `ignore_class`), random crop, random h-flip.
 
     Args:
         image: uint8 `[H, W, 3]`; label: int `[H, W]`.
@@ -23,7 +23,7 @@ def random_scale_crop_flip(image, label, crop_size=(256, 256), scale_range=(0.5,
     label = tf.image.resize(tf.cast(label, tf.int32)[..., None], size, method="nearest")[..., 0]
     pad_h, pad_w = tf.maximum(ch - size[0], 0), tf.maximum(cw - size[1], 0)
     image = tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]], constant_values=127.5)
-    label = tf.pad(label, [[0, pad_h], [0, pad_w]], constant_values=ignore_label)
+    label = tf.pad(label, [[0, pad_h], [0, pad_w]], constant_values=ignore_class)
     both = tf.concat([image, tf.cast(label, tf.float32)[..., None]], axis=-1)
     both = tf.image.random_crop(both, [ch, cw, 4])
     both = tf.image.random_flip_left_right(both)

@@ -50,7 +50,7 @@ def voc_colormap():
 
 
 def read_info(root, layout="camvid"):
-    """Classes of a dataset folder: `num_classes`, `ignore_index`, `names`, `palette_rgb`."""
+    """Classes of a dataset folder: `num_classes`, `ignore_class`, `names`, `palette_rgb`."""
     if layout not in LAYOUTS:
         raise ValueError(f"Unknown dataset layout {layout!r}; choose one of {LAYOUTS}.")
     if not Path(root).is_dir():
@@ -59,12 +59,12 @@ def read_info(root, layout="camvid"):
         return read_classes(root)
     if layout == "voc":
         cmap = voc_colormap()
-        return {"num_classes": 21, "ignore_index": 255, "names": VOC_NAMES,
+        return {"num_classes": 21, "ignore_class": 255, "names": VOC_NAMES,
                 "palette_rgb": cmap[:21].tolist() + [cmap[255].tolist()]}
     palette = [[128, 64, 128], [244, 35, 232], [70, 70, 70], [102, 102, 156], [190, 153, 153], [153, 153, 153],
                [250, 170, 30], [220, 220, 0], [107, 142, 35], [152, 251, 152], [70, 130, 180], [220, 20, 60],
                [255, 0, 0], [0, 0, 142], [0, 0, 70], [0, 60, 100], [0, 80, 100], [0, 0, 230], [119, 11, 32], [0, 0, 0]]
-    return {"num_classes": 19, "ignore_index": 255, "names": CITYSCAPES_NAMES, "palette_rgb": palette}
+    return {"num_classes": 19, "ignore_class": 255, "names": CITYSCAPES_NAMES, "palette_rgb": palette}
 
 
 def read_classes(root):
@@ -79,7 +79,8 @@ def read_classes(root):
         info["num_classes"] = int(info["num_classes"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path} is not a valid classes.json: {e}") from None
-    info.setdefault("ignore_index", None)
+    # the file's key is the dataset's own ("ignore_index" in CamVid's classes.json); ours is ignore_class
+    info["ignore_class"] = info.get("ignore_class", info.get("ignore_index"))
     info["names"] = list(info.get("names", [str(i) for i in range(info["num_classes"])]))[: info["num_classes"]]
     return info
 
@@ -197,7 +198,6 @@ def decode_label(data):
 
 def decode_example(image_path, label_path, num_classes, ignore_class, layout="camvid"):
     """Read one (image uint8 `[H, W, 3]`, label int32 `[H, W]`) pair, checking the label values."""
-    ignore = ignore_class
     image = tf.io.decode_image(tf.io.read_file(image_path), channels=3, expand_animations=False)
     if layout == "voc":
         label = _voc_label(tf.io.read_file(label_path))
@@ -209,12 +209,12 @@ def decode_example(image_path, label_path, num_classes, ignore_class, layout="ca
                 lut[k] = v
             label = tf.gather(tf.constant(lut), label)
     bad = label >= num_classes
-    if ignore is not None:
-        bad = tf.logical_and(bad, tf.not_equal(label, ignore))
+    if ignore_class is not None:
+        bad = tf.logical_and(bad, tf.not_equal(label, ignore_class))
     check = tf.debugging.Assert(
         tf.logical_not(tf.reduce_any(bad)),
         ["keras_lc: labels out of range in", label_path, "max value", tf.reduce_max(label),
-         f"(classes 0..{num_classes - 1}, void {ignore})"],
+         f"(classes 0..{num_classes - 1}, void {ignore_class})"],
     )
     same = tf.debugging.Assert(
         tf.reduce_all(tf.equal(tf.shape(image)[:2], tf.shape(label))),
@@ -240,17 +240,17 @@ def directory_dataset(root, split, batch_size=8, training=False, crop_size=(256,
     stop the pipeline with an error naming the file.
     """
     info = read_info(root, layout)
-    k, ignore = info["num_classes"], info["ignore_index"]
+    k, ignore_class = info["num_classes"], info["ignore_class"]
     images, labels = list_pairs(root, split, layout)
     if limit:
         images, labels = images[:limit], labels[:limit]
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
-    ds = ds.map(lambda a, b: decode_example(a, b, k, ignore, layout), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda a, b: decode_example(a, b, k, ignore_class, layout), num_parallel_calls=tf.data.AUTOTUNE)
     if cache:
         ds = ds.cache()
     if training:
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-        fill = 255 if ignore is None else ignore
+        fill = 255 if ignore_class is None else ignore_class
 
         def augment(image, label):
             image, label = random_scale_crop_flip(image, label, crop_size, scale_range, fill)
