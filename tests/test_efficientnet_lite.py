@@ -310,3 +310,21 @@ def test_camvid_frame_is_a_streetcar():
     logits, _ = _keras_lite0_logits(_lite0_checkpoint(), crop)
     probs = tf.nn.softmax(logits)[0].numpy()
     assert probs.argmax() == 829 and probs.max() > 0.5  # ImageNet class 829: streetcar, tram
+
+
+def test_saved_lite_model_loads_in_a_fresh_process(tmp_path):
+    # `import keras_lc` alone must register every layer (build_model imports the backbone lazily)
+    import subprocess
+    import sys
+
+    from keras_lc import build_model
+
+    model = build_model("efficientnet_lite0", num_classes=3, rho=0.7)
+    model.save(tmp_path / "m.keras")
+    x = np.random.default_rng(0).integers(0, 256, (1, 48, 64, 3)).astype(np.uint8)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "want.npy", model(x)["probs"].numpy())
+    code = ("import sys, keras, numpy as np, keras_lc; d = sys.argv[1]; m = keras.models.load_model(d + '/m.keras'); "
+            "np.testing.assert_allclose(m(np.load(d + '/x.npy'))['probs'], np.load(d + '/want.npy'), atol=1e-5)")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -1,5 +1,8 @@
 """Cascade models and backbones."""
 
+# Every backbone module is imported here so that `import keras_lc` registers its layers with Keras
+# (keras.models.load_model needs them; build_model alone would import them lazily).
+from keras_lc.models import efficientnet_lite, inception_resnet_v2, resnet  # noqa: F401
 from keras_lc.models.cascade import LayerCascade
 from keras_lc.models.factory import BACKBONES, build_model
 from keras_lc.models.tiny import TinyRegionStage, tiny_stage1
