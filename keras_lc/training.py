@@ -78,12 +78,25 @@ def train_cascade(
 
 def save_atomic(model, path, weights_only=False):
     """`model.save(path)` (or `save_weights`) to a temporary name next to `path`, then renamed:
-    a kill at any moment leaves either the previous file or the new one, never half of one."""
+    a kill at any moment leaves either the previous file or the new one, never half of one.
+    A `.keras` file holds the model without its optimizer (a third of the size for Adam, and no
+    compile state to restore): phases make their optimizers anew, and resume uses `backup/`."""
     path = Path(path)
     suffix = ".weights.h5" if weights_only else ".keras"
     tmp = path.with_name(f".{path.name}.partial{suffix}")
-    (model.save_weights if weights_only else model.save)(tmp)
+    if weights_only:
+        model.save_weights(tmp)
+    else:
+        inference_copy(model).save(tmp)
     os.replace(tmp, path)
+
+
+def inference_copy(model):
+    """The same model with the same weights, not compiled (what `model.keras` / `best.keras` hold)."""
+    clone = type(model).from_config(model.get_config())
+    clone.build((None, None, None, 3))
+    clone.set_weights(model.get_weights())
+    return clone
 
 
 class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):

@@ -263,3 +263,15 @@ def test_config_from_python_and_flags_agree():
         TrainConfig(output_stride=8).backbone_kwargs()
     with pytest.raises(SystemExit):
         main(["train", "--batch-size", "0"])
+
+
+def test_saved_models_hold_no_optimizer(tmp_path):
+    data = synthetic(8, 32, 32, num_classes=3, seed=0, batch_size=4)
+    model = build_model("tiny", num_classes=3, ignore_class=3, **SMALL)
+    train_cascade(model, data, data, tmp_path, initial_epochs=1, cascade_epochs=1, tensorboard=False, verbose=0)
+    for name in ("model.keras", "best.keras"):
+        loaded = keras.models.load_model(tmp_path / name)
+        assert getattr(loaded, "optimizer", None) is None
+    x = np.zeros((1, 32, 32, 3), np.uint8)
+    np.testing.assert_allclose(keras.models.load_model(tmp_path / "model.keras")(x)["probs"], model(x)["probs"],
+                               atol=1e-6)

@@ -32,13 +32,14 @@ def test_depthwise_full_region_equals_keras(kernel_size, dilation):
     np.testing.assert_allclose(y, ref(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["map", "taps"])
 @pytest.mark.parametrize("kernel_size", [3, 5])
 @pytest.mark.parametrize("dilation", [1, 2])
 @pytest.mark.parametrize("fraction", [0.05, 0.3, 0.7])
-def test_depthwise_blob_region_equals_masked_dense(kernel_size, dilation, fraction):
+def test_depthwise_blob_region_equals_masked_dense(kernel_size, dilation, fraction, method):
     x = tf.random.stateless_normal([2, 15, 17, 4], seed=[3, 4])
     region = blob_region((2, 15, 17), fraction, seed=int(fraction * 100))
-    layer = RegionDepthwiseConv2D(kernel_size, dilation)
+    layer = RegionDepthwiseConv2D(kernel_size, dilation, method=method)
     layer.build(x.shape)
     mask = region[..., None].astype(np.float32)
     ref = keras.layers.DepthwiseConv2D(kernel_size, padding="same", dilation_rate=dilation, use_bias=False)
@@ -49,9 +50,10 @@ def test_depthwise_blob_region_equals_masked_dense(kernel_size, dilation, fracti
     np.testing.assert_allclose(layer(x, region=RegionIndex(region, dense=True)), want, atol=1e-5)
 
 
-def test_depthwise_empty_region_and_batch_independence():
+@pytest.mark.parametrize("method", ["map", "taps"])
+def test_depthwise_empty_region_and_batch_independence(method):
     x = tf.random.stateless_normal([2, 9, 9, 3], seed=[5, 6])
-    layer = RegionDepthwiseConv2D(3)
+    layer = RegionDepthwiseConv2D(3, method=method)
     assert np.all(layer(x, tf.zeros([2, 9, 9], tf.bool)).numpy() == 0)
     region = np.zeros((2, 9, 9), bool)
     region[0, :4] = True
@@ -61,10 +63,11 @@ def test_depthwise_empty_region_and_batch_independence():
         np.testing.assert_allclose(y[b], layer(x[b:b + 1], region[b:b + 1]).numpy()[0], atol=1e-6)
 
 
-def test_depthwise_gradients_match_masked_dense():
+@pytest.mark.parametrize("method", ["map", "taps"])
+def test_depthwise_gradients_match_masked_dense(method):
     x = tf.random.stateless_normal([2, 10, 12, 5], seed=[7, 8])
     region = blob_region((2, 10, 12), 0.4, seed=3)
-    layer = RegionDepthwiseConv2D(5, 2)
+    layer = RegionDepthwiseConv2D(5, 2, method=method)
     layer.build(x.shape)
     mask = tf.constant(region[..., None], tf.float32)
 

@@ -11,12 +11,20 @@ class RegionDepthwiseConv2D(keras.layers.Layer):
     """Depthwise convolution (one k×k filter per channel) computed only inside a region.
 
     Stride 1, 'same' zero padding, odd kernels, any dilation. The region's features are
-    held compact (`[N, C]`, one row per region pixel); each output row is the sum over the
-    kh·kw taps of the neighbour's row times the tap's weights, the neighbour rows being
-    looked up through the region's inverse index (`RegionIndex.compact_neighbours`). A
-    neighbour outside the region (or the image) reads as zero, the paper's region-conv
-    semantics, so the 6×-expanded features of an MBConv block are never written back to
-    a dense map. With an all-true region the output equals
+    held compact (`[N, C]`, one row per region pixel); a neighbour outside the region (or the
+    image) reads as zero, the paper's region-conv semantics. Two ways compute the same numbers:
+
+    - `method="map"` (default): the compact rows are written into a zero map (one gather through
+      the inverse index), the dense depthwise kernel runs on it, and the region rows are read
+      back (one gather). A depthwise conv costs little next to the 1×1 convs around it, and one
+      optimised kernel beats kh·kw small ops: measured on the 2-core CPU at 360×480, output
+      stride 16, ρ 0.985, batch 8, stage 3 took 183 ms this way and 844 ms by taps (dense: 318 ms).
+    - `method="taps"`: each output row is the sum over the kh·kw taps of the neighbour's row
+      times the tap's weights, the neighbour rows looked up through the region's inverse index
+      (`RegionIndex.compact_neighbours`): no map of the 6×-expanded features is ever written,
+      at the price of kh·kw gathers.
+
+    With an all-true region the output equals
     `keras.layers.DepthwiseConv2D(kernel_size, padding="same", dilation_rate=...)` with the
     same weights (`kernel` `[kh, kw, C, 1]`, Keras' layout; no bias).
 
@@ -24,6 +32,7 @@ class RegionDepthwiseConv2D(keras.layers.Layer):
         kernel_size: int or pair of odd ints.
         dilation_rate: int or pair of ints. Defaults to 1.
         depthwise_initializer: initializer of the kernel.
+        method: "map" or "taps" (see above).
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -35,8 +44,13 @@ class RegionDepthwiseConv2D(keras.layers.Layer):
         input with the values outside the region taken as zero.
     """
 
-    def __init__(self, kernel_size, dilation_rate=1, depthwise_initializer="glorot_uniform", **kwargs):
+    METHODS = ("map", "taps")
+
+    def __init__(self, kernel_size, dilation_rate=1, depthwise_initializer="glorot_uniform", method="map", **kwargs):
         super().__init__(**kwargs)
+        if method not in self.METHODS:
+            raise ValueError(f"method must be one of {self.METHODS}; got {method!r}.")
+        self.method = method
         self.kernel_size = _pair(kernel_size, "kernel_size")
         self.dilation_rate = _pair(dilation_rate, "dilation_rate")
         if any(k % 2 == 0 or k < 1 for k in self.kernel_size):
@@ -67,6 +81,8 @@ class RegionDepthwiseConv2D(keras.layers.Layer):
         """
         if index.dense:
             return self.apply_dense(values * tf.cast(index.mask, values.dtype))
+        if self.method == "map":
+            return index.gather(self.apply_dense(index.scatter(values)))
         taps = index.compact_neighbours(self.kernel_size, self.dilation_rate)  # [N, kh*kw], N = zero row
         zero = tf.zeros(tf.stack([1, tf.shape(values)[1]]), values.dtype)
         padded = tf.concat([values, zero], axis=0)
@@ -93,5 +109,6 @@ class RegionDepthwiseConv2D(keras.layers.Layer):
             "kernel_size": self.kernel_size,
             "dilation_rate": self.dilation_rate,
             "depthwise_initializer": keras.initializers.serialize(self.depthwise_initializer),
+            "method": self.method,
         })
         return config
