@@ -17,7 +17,7 @@ exactly as `train_cascade` runs it. Every phase is resumable (see `train_phase`)
 import json
 from pathlib import Path
 
-from keras_lc.training import train_phase
+from keras_lc.training import CASCADE_LR_FACTOR, train_phase
 
 VARIANTS = ("lc", "dsn", "baseline", "model_cascade", "dsn_dropout")
 
@@ -59,7 +59,7 @@ def train_variant(variant, build, train_data, val_data, root, initial_epochs, ca
     out = root / (name or variant)
     model = build()
     model.rho = rho
-    low_lr = 0.3 * learning_rate
+    low_lr = CASCADE_LR_FACTOR * learning_rate
     common = dict(lr_schedule=lr_schedule, verbose=verbose)  # every phase's shared options
 
     def shared_initial():

@@ -64,9 +64,6 @@ class TritonPythonModel:
         rho_in = pb_utils.get_input_tensor_by_name(request, "rho")
         if (images is None) == (encoded is None):
             raise ValueError("send exactly one of the inputs 'images' (UINT8 [B, H, W, 3]) or 'image_bytes'")
-        rho = float(self.info["rho"]) if rho_in is None else float(np.asarray(rho_in.as_numpy()).reshape(-1)[0])
-        if not (0.0 < rho <= 1.0):
-            raise ValueError(f"rho must be in (0, 1]; got {{rho}}")
         if images is not None:
             x = images.as_numpy()
             if x.ndim != 4 or x.shape[-1] != 3:
@@ -84,7 +81,25 @@ class TritonPythonModel:
             if len({{d.shape for d in decoded}}) != 1:
                 raise ValueError("the images of one request must share one size")
             x = np.stack(decoded)
-        out = self._run(np.ascontiguousarray(x, np.uint8), rho)
+        x = np.ascontiguousarray(x, np.uint8)
+        # One rho per image ([B, 1]): images of one batch (a client's, or requests Triton merged) may carry
+        # different rho; each group of equal rho runs at its own, then the answers go back in order.
+        rho = np.full(len(x), self.info["rho"], np.float32) if rho_in is None else \
+            np.asarray(rho_in.as_numpy(), np.float32).reshape(-1)
+        if rho.size == 1:
+            rho = np.repeat(rho, len(x))
+        if rho.size != len(x):
+            raise ValueError(f"rho must have one value per image ({{len(x)}}); got {{rho.size}}")
+        if not np.all((rho > 0.0) & (rho <= 1.0)):
+            raise ValueError(f"rho must be in (0, 1]; got {{rho.tolist()}}")
+        out = None
+        for value in np.unique(rho):
+            rows = np.flatnonzero(rho == value)
+            part = self._run(x[rows], float(value))
+            if out is None:
+                out = {{k: np.empty((len(x), *v.shape[1:]), v.dtype) for k, v in part.items()}}
+            for k, v in part.items():
+                out[k][rows] = v
         tensors = [pb_utils.Tensor("labels", out["labels"].astype(np.int32)),
                    pb_utils.Tensor("stage", out["stage"].astype(np.uint8))]
         if INCLUDE_PROBS:
@@ -124,7 +139,7 @@ def write_triton_repository(model, repository, name="lc", version=1, fmt="savedm
     The version folder holds `model.py`, `keras_lc.json` and `model.savedmodel/`
     (or `model.onnx` with `fmt="onnx"`). Requests carry `images` (UINT8 [B, H, W, 3])
     or `image_bytes` (BYTES [B, 1], encoded PNG/JPEG), and optionally `rho` (FP32
-    [B, 1], the first value is used); responses `labels` and `stage` (and `probs` if
+    [B, 1], one per image: each image is computed at its own ρ); responses `labels` and `stage` (and `probs` if
     exported). Triton's dynamic batcher is on: it queues concurrent requests and hands
     them to the backend together. Images of one request share a size.
 
@@ -297,8 +312,9 @@ class TritonClient:
             t.set_data_from_numpy(data)
             inputs.append(t)
         if rho is not None:
-            t = tc.InferInput("rho", [batch, 1], "FP32")
-            t.set_data_from_numpy(np.full((batch, 1), rho, np.float32))
+            t = tc.InferInput("rho", [batch, 1], "FP32")  # one value, or one per image
+            values = np.asarray(rho, np.float32).reshape(-1)
+            t.set_data_from_numpy(np.broadcast_to(values, (batch,)).reshape(batch, 1).copy())
             inputs.append(t)
         kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {"timeout": int(self.timeout_s)}
         try:

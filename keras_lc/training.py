@@ -14,6 +14,8 @@ import keras
 
 from keras_lc.distribute import is_chief
 
+CASCADE_LR_FACTOR = 0.3  # the cascade phase's rate, relative to the initial phase's (ablations use it too)
+
 
 def train_cascade(
     model,
@@ -57,7 +59,8 @@ def train_cascade(
         dict `{phase: history dict}`: the epochs run by this call (a resumed
         phase lists only the epochs run after the resume).
     """
-    cascade_learning_rate = learning_rate * 0.3 if cascade_learning_rate is None else cascade_learning_rate
+    if cascade_learning_rate is None:
+        cascade_learning_rate = CASCADE_LR_FACTOR * learning_rate
     histories = {}
     for phase, epochs, lr in (
         ("initial", initial_epochs, learning_rate),

@@ -11,13 +11,10 @@ SMALL = dict(width=16, stem_channels=8, stage1_blocks=1, bottleneck_channels=16,
 
 
 def blob_region(shape, fraction, seed):
-    """Blob-shaped bool regions [B, H, W] covering about `fraction` of the pixels."""
-    rng = np.random.default_rng(seed)
-    noise = rng.normal(size=(shape[0], shape[1], shape[2], 1)).astype(np.float32)
-    smooth = tf.nn.avg_pool2d(noise, 5, 1, "SAME").numpy()[..., 0]
-    smooth = tf.nn.avg_pool2d(smooth[..., None], 5, 1, "SAME").numpy()[..., 0]
-    threshold = np.quantile(smooth, 1.0 - fraction)
-    return smooth >= threshold
+    """Blob-shaped bool regions [B, H, W] covering about `fraction` of the pixels (the library's)."""
+    from keras_lc.benchmark import blob_region as library_blob_region
+
+    return library_blob_region(tuple(shape), fraction, seed)
 
 
 @pytest.fixture(scope="session")

@@ -257,3 +257,33 @@ def test_export_never_deletes_an_existing_version(tmp_path, model):
     main(["export", str(tmp_path / "m.keras"), "--out", str(tmp_path / "x"), "--overwrite"])
     assert not (version / "IMPORTANT.txt").exists() and (version / "saved_model.pb").exists()
     assert [p.name for p in version.parent.iterdir()] == ["1"]  # no temporary folder left behind
+
+
+def test_triton_batch_computes_each_image_at_its_own_rho(triton, model, inputs):
+    import threading
+
+    from keras_lc.serving import TritonClient
+
+    x = inputs["scenes"][:2]
+    want = np.concatenate([model(x[:1], rho=0.3)["stage"], model(x[1:], rho=1.0)["stage"]])
+    assert not np.all(want[0] == 3) and np.all(want[1] == 3)
+    for name in ("lc", "lc_onnx"):
+        client = TritonClient(f"127.0.0.1:{triton.grpc_port}", name, protocol="grpc")
+        np.testing.assert_array_equal(client.predict(x, rho=[0.3, 1.0])["stage"], want)
+    # two clients at different rho at once: the dynamic batcher may queue them together
+    results, errors = {}, []
+
+    def ask(rho):
+        try:
+            c = TritonClient(f"127.0.0.1:{triton.grpc_port}", "lc", protocol="grpc")
+            results[rho] = [c.predict(x, rho=rho)["stage"] for _ in range(4)]
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=ask, args=(r,)) for r in (0.3, 1.0)]
+    [t.start() for t in threads]
+    [t.join(120) for t in threads]
+    assert not errors, errors
+    for rho, answers in results.items():
+        for stage in answers:
+            np.testing.assert_array_equal(stage, model(x, rho=rho)["stage"])

@@ -43,8 +43,6 @@ class RegionIndex:
         mask: float32 `[B, H, W, 1]`, 1 inside the region.
         coords: int32 `[N, 3]` (b, y, x) of region pixels (sparse mode only).
         flat: int32 `[N]`, `b*H*W + y*W + x` (sparse mode only).
-        count: int32 scalar N.
-        fraction: float32 scalar, N / (B*H*W).
     """
 
     def __init__(self, region, dense=False):
@@ -108,14 +106,6 @@ class RegionIndex:
             return out, grad
 
         return expand(values)
-
-    @property
-    def count(self):
-        return tf.reduce_sum(tf.cast(self.region, tf.int32))
-
-    @property
-    def fraction(self):
-        return tf.reduce_mean(tf.cast(self.region, tf.float32))
 
     # ----------------------------------------------------------------- checks
     def check_features(self, x, name="features"):

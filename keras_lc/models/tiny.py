@@ -76,7 +76,7 @@ class TinyRegionStage(keras.layers.Layer):
 
     def call(self, inputs, region, training=None):
         index = as_region_index(region)
-        return residual_blocks(self.blocks, inputs, index, training=training)[0]  # compact trunk
+        return residual_blocks(self.blocks, inputs, index, training=training)[0]  # the updated dense map
 
     def compute_output_shape(self, input_shape):
         return input_shape
