@@ -84,13 +84,23 @@ def _data_classes(args):
 
 
 def _load(path):
+    import zipfile
+
     import keras
 
     import keras_lc  # noqa: F401  (registers the serializable classes)
 
     if not Path(path).exists():
         raise SystemExit(f"keras-lc: model file not found: {path}")
-    return keras.models.load_model(path)
+    if not zipfile.is_zipfile(path):
+        raise SystemExit(f"keras-lc: {path} is not a valid .keras file (a .keras file is a zip archive)")
+    try:
+        return keras.models.load_model(path)
+    except Exception as e:  # noqa: BLE001 - a damaged member surfaces as BadZipFile, OSError (h5py), ValueError, ...
+        if os.environ.get("KERAS_LC_DEBUG"):
+            raise
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise SystemExit(f"keras-lc: {path} is not a valid .keras file: {detail}") from None
 
 
 def cmd_train(args):

@@ -13,7 +13,6 @@ import sys
 import sysconfig
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -225,16 +224,17 @@ class TritonServer:
             log = open(self._log_path, "w")
         self.process = subprocess.Popen(self.command(dist), env=env, stdout=log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
+        import tritonclient.http as triton_http
+
         deadline = time.time() + timeout_s
-        url = f"http://{self.host}:{self.http_port}/v2/health/ready"
+        client = triton_http.InferenceServerClient(f"{self.host}:{self.http_port}", connection_timeout=2.0)
         while time.time() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"tritonserver exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
+                if client.is_server_ready():
+                    return self
+            except Exception:  # noqa: BLE001 - not listening yet (connection refused, reset, timeout)
                 pass
             time.sleep(0.5)
         self.stop()

@@ -275,3 +275,16 @@ def test_saved_models_hold_no_optimizer(tmp_path):
     x = np.zeros((1, 32, 32, 3), np.uint8)
     np.testing.assert_allclose(keras.models.load_model(tmp_path / "model.keras")(x)["probs"], model(x)["probs"],
                                atol=1e-6)
+
+
+def test_corrupt_keras_files_are_named_not_missing(tmp_path):
+    model = build_model("tiny", num_classes=3, **SMALL)
+    model.save(tmp_path / "m.keras")
+    (tmp_path / "junk.keras").write_bytes(b"not a zip")
+    with pytest.raises(SystemExit, match="junk.keras is not a valid .keras file"):
+        main(["evaluate", str(tmp_path / "junk.keras")])
+    data = bytearray((tmp_path / "m.keras").read_bytes())
+    data[len(data) // 2: len(data) // 2 + 4096] = bytes(4096)  # a damaged weights member
+    (tmp_path / "hurt.keras").write_bytes(bytes(data))
+    with pytest.raises(SystemExit, match="hurt.keras is not a valid .keras file"):
+        main(["evaluate", str(tmp_path / "hurt.keras")])
