@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import keras
 import tensorflow as tf
@@ -94,23 +95,6 @@ def set_precision(name):
     keras.mixed_precision.set_dtype_policy(name)
 
 
-_WATCHDOG = r"""
-import os, select, signal, sys
-parent, timeout, what = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
-fd = sys.stdin.fileno()
-while True:
-    ready, _, _ = select.select([fd], [], [], timeout)
-    if not ready:
-        sys.stderr.write("\nkeras-lc: %s made no progress for %g s: a worker is missing, died or cannot be "
-                         "reached (check TF_CONFIG and the other workers' logs). Stopping.\n" % (what, timeout))
-        sys.stderr.flush()
-        os.kill(parent, signal.SIGKILL)
-        sys.exit(3)
-    if not os.read(fd, 4096):  # the trainer closed the pipe: it finished or exited
-        sys.exit(0)
-"""
-
-
 class ProgressWatchdog:
     """Stops the process if training makes no progress for `timeout_s` seconds.
 
@@ -132,7 +116,9 @@ class ProgressWatchdog:
         import sys
 
         self._proc = subprocess.Popen(
-            [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(self.timeout_s), self.what],
+            # keras_lc/watchdog.py, by path: `-m keras_lc.watchdog` would import keras_lc (and TensorFlow) first
+            [sys.executable, str(Path(__file__).with_name("watchdog.py")), str(os.getpid()), str(self.timeout_s),
+             self.what],
             stdin=subprocess.PIPE,
         )
 

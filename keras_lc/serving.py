@@ -20,100 +20,8 @@ import numpy as np
 from keras_lc.export import _write_savedmodel, export_onnx, staged_folder, version_folder
 
 # --------------------------------------------------------------------------- repository
-_MODEL_PY = '''
-"""Triton Python backend for a keras_lc Deep Layer Cascade (written by `keras-lc export --triton`)."""
-import json
-import os
-
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-FORMAT = "{fmt}"
-INCLUDE_PROBS = {include_probs}
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        here = os.path.dirname(__file__)
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import tensorflow as tf
-
-        self.tf = tf
-        with open(os.path.join(here, "keras_lc.json")) as f:
-            self.info = json.load(f)
-        if FORMAT == "onnx":
-            import onnxruntime as ort
-
-            self.session = ort.InferenceSession(os.path.join(here, "model.onnx"), providers=["CPUExecutionProvider"])
-        else:
-            self.model = tf.saved_model.load(os.path.join(here, "model.savedmodel"))
-            self.signature = self.model.signatures["serving_rho"]
-
-    def _run(self, images, rho):
-        if FORMAT == "onnx":
-            names = [o.name for o in self.session.get_outputs()]
-            values = self.session.run(None, {{"images": images, "rho": np.array(rho, np.float32)}})
-            return dict(zip(names, values))
-        out = self.signature(images=self.tf.constant(images), rho=self.tf.constant(rho, self.tf.float32))
-        return {{k: v.numpy() for k, v in out.items()}}
-
-    def _one(self, request):
-        images = pb_utils.get_input_tensor_by_name(request, "images")
-        encoded = pb_utils.get_input_tensor_by_name(request, "image_bytes")
-        rho_in = pb_utils.get_input_tensor_by_name(request, "rho")
-        if (images is None) == (encoded is None):
-            raise ValueError("send exactly one of the inputs 'images' (UINT8 [B, H, W, 3]) or 'image_bytes'")
-        if images is not None:
-            x = images.as_numpy()
-            if x.ndim != 4 or x.shape[-1] != 3:
-                raise ValueError(f"images must be UINT8 [B, H, W, 3]; got shape {{list(x.shape)}}")
-            if 0 in x.shape:
-                raise ValueError(f"images must not be empty; got shape {{list(x.shape)}}")
-        else:
-            data = encoded.as_numpy().reshape(-1)
-            decoded = []
-            for i, item in enumerate(data):
-                try:
-                    decoded.append(self.tf.io.decode_image(bytes(item), channels=3, expand_animations=False).numpy())
-                except Exception:
-                    raise ValueError(f"image_bytes[{{i}}] is not a PNG/JPEG/BMP/GIF image") from None
-            if len({{d.shape for d in decoded}}) != 1:
-                raise ValueError("the images of one request must share one size")
-            x = np.stack(decoded)
-        x = np.ascontiguousarray(x, np.uint8)
-        # One rho per image ([B, 1]): images of one batch (a client's, or requests Triton merged) may carry
-        # different rho; each group of equal rho runs at its own, then the answers go back in order.
-        rho = np.full(len(x), self.info["rho"], np.float32) if rho_in is None else \
-            np.asarray(rho_in.as_numpy(), np.float32).reshape(-1)
-        if rho.size == 1:
-            rho = np.repeat(rho, len(x))
-        if rho.size != len(x):
-            raise ValueError(f"rho must have one value per image ({{len(x)}}); got {{rho.size}}")
-        if not np.all((rho > 0.0) & (rho <= 1.0)):
-            raise ValueError(f"rho must be in (0, 1]; got {{rho.tolist()}}")
-        out = None
-        for value in np.unique(rho):
-            rows = np.flatnonzero(rho == value)
-            part = self._run(x[rows], float(value))
-            if out is None:
-                out = {{k: np.empty((len(x), *v.shape[1:]), v.dtype) for k, v in part.items()}}
-            for k, v in part.items():
-                out[k][rows] = v
-        tensors = [pb_utils.Tensor("labels", out["labels"].astype(np.int32)),
-                   pb_utils.Tensor("stage", out["stage"].astype(np.uint8))]
-        if INCLUDE_PROBS:
-            tensors.append(pb_utils.Tensor("probs", out["probs"].astype(np.float32)))
-        return pb_utils.InferenceResponse(output_tensors=tensors)
-
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            try:
-                responses.append(self._one(request))
-            except Exception as e:  # a clear error for this request; the server keeps serving
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"keras_lc: {{e}}")))
-        return responses
-'''
+# The Triton Python-backend model is a real module (keras_lc/triton_model.py), copied as <version>/model.py.
+_MODEL_FILE = Path(__file__).with_name("triton_model.py")
 
 _CONFIG = '''name: "{name}"
 backend: "python"
@@ -157,7 +65,7 @@ def write_triton_repository(model, repository, name="lc", version=1, fmt="savedm
         (tmp_vdir / "keras_lc.json").write_text(json.dumps(
             {"num_classes": model.num_classes, "rho": model.rho, "ignore_class": model.ignore_class, "format": fmt,
              "include_probs": include_probs}, indent=1))
-        (tmp_vdir / "model.py").write_text(_MODEL_PY.format(fmt=fmt, include_probs=include_probs))
+        shutil.copy(_MODEL_FILE, tmp_vdir / "model.py")
     probs = ',\n  { name: "probs", data_type: TYPE_FP32, dims: [ -1, -1, -1 ] }' if include_probs else ""
     batching = "dynamic_batching { max_queue_delay_microseconds: 2000 }\n"
     config = root / ".config.pbtxt.partial"
