@@ -93,19 +93,19 @@ class TritonServer:
         self._workspace = None
 
     def _prepare(self):
+        from keras_lc._compat import tritonserver_files
+
         try:
-            from pytriton.triton import TRITONSERVER_DIST_DIR
-            from pytriton.utils.distribution import get_libs_path, get_stub_path
+            server_dir, stub, libs_dir = tritonserver_files(f"{sys.version_info[0]}.{sys.version_info[1]}")
         except ImportError:
             raise ImportError("serving needs the [serve] extra: pip install 'keras_lc[serve]'") from None
         self._workspace = Path(tempfile.mkdtemp(prefix="keras_lc_triton_"))
         dist = self._workspace / "tritonserver"
-        shutil.copytree(TRITONSERVER_DIST_DIR, dist, ignore=shutil.ignore_patterns("python_backend_stubs"))
-        version = f"{sys.version_info[0]}.{sys.version_info[1]}"
-        shutil.copy(get_stub_path(version), dist / "backends" / "python" / "triton_python_backend_stub")
+        shutil.copytree(server_dir, dist, ignore=shutil.ignore_patterns("python_backend_stubs"))
+        shutil.copy(stub, dist / "backends" / "python" / "triton_python_backend_stub")
         env = os.environ.copy()
         # The Python-backend stub embeds this interpreter's libpython; the server needs pytriton's libs.
-        libs = [sysconfig.get_config_var("LIBDIR"), str(get_libs_path())]
+        libs = [sysconfig.get_config_var("LIBDIR"), str(libs_dir)]
         env["LD_LIBRARY_PATH"] = ":".join([*libs, env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
         env["PYTHONPATH"] = ":".join(p for p in sys.path if p)  # the stub imports tensorflow, numpy from here
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import keras
 
+from keras_lc._compat import backup_paths, load_backup, reset_initial_epoch, set_backup_epoch
 from keras_lc.distribute import is_chief
 
 CASCADE_LR_FACTOR = 0.3  # the cascade phase's rate, relative to the initial phase's (ablations use it too)
@@ -115,17 +116,16 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def on_train_begin(self, logs=None):
         try:
-            return self._load_model()
+            return load_backup(self)
         except Exception as e:  # noqa: BLE001 - a damaged h5 raises OSError, a cut JSON ValueError, ...
             damage = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
-        # These paths are Keras' own (BackupAndRestore, keras 3.15); test_training pins them.
-        prev, prev_meta = self._prev_weights_path, self._prev_training_metadata_path
+        latest, latest_meta, prev, prev_meta = backup_paths(self)
         if os.path.exists(prev):
             try:
-                shutil.copy(prev, self._weights_path)
+                shutil.copy(prev, latest)
                 if os.path.exists(prev_meta):
-                    shutil.copy(prev_meta, self._training_metadata_path)
-                self._load_model()
+                    shutil.copy(prev_meta, latest_meta)
+                load_backup(self)
                 warnings.warn(f"keras-lc: the resume checkpoint in {self.backup_dir} was damaged ({damage}); "
                               "resumed from the one before it.", stacklevel=2)
                 return None
@@ -134,7 +134,7 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
         warnings.warn(f"keras-lc: the resume checkpoint in {self.backup_dir} was damaged ({damage}) and no "
                       "earlier one is usable; this phase starts afresh.", stacklevel=2)
         shutil.rmtree(self.backup_dir, ignore_errors=True)
-        self._current_epoch = 0
+        set_backup_epoch(self, 0)
         return None
 
 
@@ -256,9 +256,7 @@ def train_phase(
             best_so_far = None  # removed as damaged: the next epoch writes it again
         # after a resume, only an epoch better than the ones before it replaces best.keras
         phase_callbacks.append(AtomicBestCheckpoint(best_file, "val_miou", initial_value_threshold=best_so_far))
-    # BackupAndRestore leaves the restored epoch in `model._initial_epoch`, and Keras' fit starts every later
-    # fit of the same model there: after a resumed initial phase the cascade phase would run no epoch at all.
-    model._initial_epoch = None
+    reset_initial_epoch(model)  # else the phase after a resumed one would start at the restored epoch
     history = model.fit(
         train_data,
         validation_data=val_data,

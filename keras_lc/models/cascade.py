@@ -5,6 +5,7 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from keras_lc._compat import in_multi_worker_mode
 from keras_lc.layers.region_index import RegionIndex
 from keras_lc.layers.stage_head import RHO_ERROR, check_rho, check_rho_tensor
 from keras_lc.losses import masked_sparse_categorical_crossentropy_sum
@@ -485,8 +486,7 @@ class LayerCascade(keras.Model):
         self.miou_metric.update_state(labels, out["labels"])
         logs = {m.name: m.result() for m in self.metrics}
         strategy = tf.distribute.get_strategy()
-        multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-        if multi_worker and strategy.extended._in_multi_worker_mode():
+        if in_multi_worker_mode(strategy):
             # Keras reduces multi-worker logs with MEAN over axis 0, which scalars lack; the values
             # are already global (metrics are aggregated across replicas), so a [1] shape is exact.
             logs = {k: tf.reshape(v, [1]) for k, v in logs.items()}
@@ -521,7 +521,7 @@ class LayerCascade(keras.Model):
         losses = self._global(self.stage_losses(out, labels))
         return self._update_metrics(tf.add_n(losses), losses, out, labels)
 
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):  # a Keras internal: tests/test_compat.py
         # The model is built at construction and compiles no loss or metrics, so only the
         # optimizer needs building, in the strategy's scope. (Keras' generic path averages a
         # distributed data batch first, which fails under MultiWorkerMirroredStrategy.)
