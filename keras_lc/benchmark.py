@@ -109,9 +109,7 @@ def benchmark_cascade(model, images, rhos=(1.0, 0.995, 0.985, 0.95, 0.9, 0.8), r
         t = stage_times(model, images, rho=1.0, repeats=repeats, warmup=warmup, dense=True)
         result["stage_seconds"] = {k: t[k] for k in ("stage1", "stage2", "stage3")}
         for row in result["cascade"]:
-            reach2, reach3 = 1.0 - row["stage_share"][0], row["stage_share"][2]
-            best = t["stage1"] + reach2 * t["stage2"] + reach3 * t["stage3"]
-            row["ideal_speedup"] = dense_s / best
+            row["ideal_speedup"] = ideal_speedup(dense_s, t, row["stage_share"])
     return result
 
 
@@ -205,17 +203,33 @@ def measure_crossover(model, images, fractions=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.
                                repeats, warmup)
         dense_times.append(times["dense"])
         ratios.append(times["region"] / times["dense"])
+    return {"fractions": fractions, "ratio": ratios, "dense_seconds": float(np.median(dense_times)),
+            "crossover": crossover_from_ratios(fractions, ratios)}
+
+
+def crossover_from_ratios(fractions, ratios):
+    """Where region time / dense time first reaches 1 over increasing `fractions`: linear between the
+    last fraction where the region path won and the first where it lost; the smallest fraction if it
+    never wins, 1.0 if it always does."""
     crossover = 1.0
     for i, ratio in enumerate(ratios):
         if ratio >= 1.0:
             if i == 0:
                 crossover = fractions[0]
-            else:  # linear between the last fraction where the region path won and this one
+            else:
                 f0, r0 = fractions[i - 1], ratios[i - 1]
                 crossover = f0 + (1.0 - r0) * (fractions[i] - f0) / (ratio - r0)
             break
-    return {"fractions": fractions, "ratio": ratios, "dense_seconds": float(np.median(dense_times)),
-            "crossover": round(crossover, 3)}
+    return round(crossover, 3)
+
+
+def ideal_speedup(dense_seconds, stage_seconds, stage_share):
+    """The speedup a perfect region path would reach with these decisions: stages 2-3 cost exactly
+    the share of pixels reaching them of their dense time (`stage_seconds` {"stage1", "stage2",
+    "stage3"}, dense; `stage_share` [decided at 1, 2, 3])."""
+    reach2, reach3 = 1.0 - stage_share[0], stage_share[2]
+    t = stage_seconds
+    return dense_seconds / (t["stage1"] + reach2 * t["stage2"] + reach3 * t["stage3"])
 
 
 def format_benchmark(result):
