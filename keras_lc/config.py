@@ -33,6 +33,9 @@ class TrainConfig:
     optimizer: str = "adam"
     lr_schedule: str = "constant"
     class_weights: str = "none"
+    loss_resolution: str = "stage"
+    head: str = "plain"
+    aspp_rates: tuple | None = None
     save_every: int = 0
     val_images: int = 64
     out: str = "runs/demo"
@@ -51,6 +54,7 @@ class TrainConfig:
     CHOICES = {
         "backbone": BACKBONE_NAMES, "output_stride": (None, 8, 16), "optimizer": ("adam", "sgd"),
         "lr_schedule": ("constant", "cosine"), "class_weights": ("none", "median", "median-sqrt"),
+        "loss_resolution": ("stage", "input"), "head": ("plain", "aspp"),
         "strategy": ("default", "mirrored", "multi_worker"), "data": ("synthetic", "camvid", "voc", "cityscapes"),
         "precision": ("float32", "mixed_float16", "mixed_bfloat16"),
     }
@@ -78,6 +82,14 @@ class TrainConfig:
             return None
         if name == "rho":
             return check_rho(value)
+        if name == "aspp_rates":
+            try:
+                rates = tuple(int(r) for r in (value.split(",") if isinstance(value, str) else value))
+            except (TypeError, ValueError):
+                rates = ()
+            if not rates or min(rates) < 1:
+                raise ValueError(f"aspp_rates (--aspp-rates) must be positive integers like 6,12,18,24; got {value!r}.")
+            return rates
         if name == "block_counts":
             try:
                 counts = value.split(",") if isinstance(value, str) else list(value)
@@ -135,6 +147,12 @@ class TrainConfig:
         except tomllib.TOMLDecodeError as e:
             raise ValueError(f"recipe {path} is not valid TOML: {e}") from None
         return cls.from_mapping(recipe, source=f"recipe {path}"), recipe
+
+    def head_kwargs(self):
+        """The keyword arguments of `build_model` for the heads and the losses."""
+        if self.aspp_rates and self.head != "aspp":
+            raise ValueError("aspp_rates needs head = 'aspp' (--head aspp)")
+        return {"head": self.head, "aspp_rates": self.aspp_rates, "loss_resolution": self.loss_resolution}
 
     def backbone_kwargs(self):
         """The keyword arguments of `build_model` that this config's backbone takes."""

@@ -276,3 +276,34 @@ def test_string_rho_is_a_clear_error(small_model, images):
     for rho in ("0.5", tf.constant("0.5")):
         with pytest.raises(ValueError, match="rho must be a number"):
             small_model(images, rho=rho)
+
+
+def test_loss_at_input_resolution_counts_thin_structures():
+    """loss_resolution="input": each stage's logits resized bilinearly to the labels, its region nearest;
+    a one-pixel-wide class that the stage-grid labels lose entirely still counts."""
+    tf.keras.utils.set_random_seed(1)
+    model = build_model("tiny", num_classes=4, rho=0.9, ignore_class=4, dense_threshold=None,
+                        loss_resolution="input", **SMALL)
+    images = np.random.default_rng(1).integers(0, 256, size=(2, 32, 40, 3)).astype(np.uint8)
+    out = model.forward_details(images, rho=1.0)
+    labels = np.full((2, 32, 40), 4)
+    labels[:, :, 1] = 2  # one column of class 2: never a stage-grid pixel centre (output stride 4)
+    h, w = out["logits"][0].shape[1:3]
+    for k, loss in enumerate(model.stage_losses(out, labels)):
+        up = tf.image.resize(out["logits"][k], (32, 40), method="bilinear").numpy()
+        ce = -tf.nn.log_softmax(up).numpy()[:, :, 1, 2]
+        np.testing.assert_allclose(float(loss), ce.mean(), rtol=1e-5)
+    stage = keras_lc.LayerCascade.from_config({**model.get_config(), "loss_resolution": "stage"})
+    assert all(float(v) == 0.0 for v in stage.stage_losses(out, labels))  # the column is lost at the stage grid
+    assert (h, w) == (8, 10)
+    # Cascade regions: a stage's loss counts only the input pixels whose stage-grid pixel is in its region.
+    region = np.zeros((2, h, w), bool)
+    region[:, :, :1] = True  # the first stage-grid column = input columns 0..3
+    cut = {**out, "regions": [tf.constant(region)] * 3}
+    labels2 = np.full((2, 32, 40), 1)
+    a = model.stage_losses(cut, labels2)
+    up = tf.image.resize(out["logits"][1], (32, 40), method="bilinear")
+    ce = -tf.nn.log_softmax(up).numpy()[..., 1]
+    np.testing.assert_allclose(float(a[1]), ce[:, :, :4].mean(), rtol=1e-5)
+    with pytest.raises(ValueError, match="loss_resolution"):
+        build_model("tiny", num_classes=4, loss_resolution="full", **SMALL)

@@ -63,12 +63,17 @@ class StageHead(keras.layers.Layer):
 
     `conv(k×k) → LayerNorm → ReLU → conv(1×1) → softmax` computed only in the region;
     the softmax and the ρ test run in float32 whatever the compute dtype.
+    With `aspp_rates`, DeepLab-v2's atrous spatial pyramid pooling head: one such
+    branch per rate (3×3 conv at that dilation), their logits summed, all on the region
+    (zero padding outside it, like every region conv).
 
     Args:
         num_classes: int K.
-        hidden_channels: int, width of the first conv. Defaults to 128.
+        hidden_channels: int, width of the first conv (of each ASPP branch). Defaults to 128.
         kernel_size: odd int or pair for the first conv. Defaults to 3.
         dilation_rate: int or pair for the first conv. Defaults to 1.
+        aspp_rates: None (the plain head) or a sequence of dilation rates, one 3×3 branch
+            each (DeepLab-v2: 6, 12, 18, 24 at output stride 8).
         **kwargs: base layer arguments.
 
     Call arguments:
@@ -84,7 +89,8 @@ class StageHead(keras.layers.Layer):
         `[B, h, w, K]`, zeros outside the region.
     """
 
-    def __init__(self, num_classes, hidden_channels=128, kernel_size=3, dilation_rate=1, **kwargs):
+    def __init__(self, num_classes, hidden_channels=128, kernel_size=3, dilation_rate=1, aspp_rates=None,
+                 **kwargs):
         super().__init__(**kwargs)
         if int(num_classes) < 2:
             raise ValueError(f"num_classes must be >= 2; got {num_classes}.")
@@ -92,23 +98,53 @@ class StageHead(keras.layers.Layer):
         self.hidden_channels = int(hidden_channels)
         self.kernel_size = kernel_size
         self.dilation_rate = dilation_rate
-        self.conv = RegionConv2D(  # no bias before the LayerNorm, which cancels it
-            hidden_channels, kernel_size, dilation_rate=dilation_rate, use_bias=False, name="conv"
-        )
-        self.norm = keras.layers.LayerNormalization(epsilon=1e-5, name="norm")
-        self.classifier = RegionConv2D(num_classes, 1, name="classifier")
+        self.aspp_rates = None if aspp_rates is None else self._check_rates(aspp_rates)
+        def branch(prefix, size, rate):
+            return (
+                RegionConv2D(  # no bias before the LayerNorm, which cancels it
+                    hidden_channels, size, dilation_rate=rate, use_bias=False, name=f"{prefix}conv"
+                ),
+                keras.layers.LayerNormalization(epsilon=1e-5, name=f"{prefix}norm"),
+                RegionConv2D(num_classes, 1, name=f"{prefix}classifier"),
+            )
+
+        if self.aspp_rates is None:  # attribute names = the weight paths of every saved plain head
+            self.conv, self.norm, self.classifier = branch("", kernel_size, dilation_rate)
+        else:
+            convs, norms, classifiers = zip(*[branch(f"aspp{i}_", 3, r) for i, r in enumerate(self.aspp_rates)])
+            self.aspp_convs, self.aspp_norms, self.aspp_classifiers = list(convs), list(norms), list(classifiers)
+
+    @property
+    def branches(self):
+        """`[(conv, norm, classifier), ...]`: one for the plain head, one per rate for ASPP."""
+        if self.aspp_rates is None:
+            return [(self.conv, self.norm, self.classifier)]
+        return list(zip(self.aspp_convs, self.aspp_norms, self.aspp_classifiers))
+
+    @staticmethod
+    def _check_rates(rates):
+        try:
+            rates = tuple(int(r) for r in rates)
+        except (TypeError, ValueError):
+            raise ValueError(f"aspp_rates must be positive integers like (6, 12, 18, 24); got {rates!r}.") from None
+        if not rates or min(rates) < 1:
+            raise ValueError(f"aspp_rates must be positive integers like (6, 12, 18, 24); got {rates!r}.")
+        return rates
 
     def build(self, input_shape):
-        self.conv.build(input_shape)
-        self.norm.build((None, self.hidden_channels))
-        self.classifier.build((None, None, None, self.hidden_channels))
+        for conv, norm, classifier in self.branches:
+            conv.build(input_shape)
+            norm.build((None, self.hidden_channels))
+            classifier.build((None, None, None, self.hidden_channels))
 
     def call(self, inputs, region, rho=None, return_logits=False, training=None):
         index = as_region_index(region)
         index.check_features(inputs, "StageHead inputs")
-        t = self.conv.apply_at(inputs, index)
-        t = tf.nn.relu(self.norm(t))
-        logits = tf.cast(self.classifier.apply_compact(t), tf.float32)
+        logits = []
+        for conv, norm, classifier in self.branches:
+            t = tf.nn.relu(norm(conv.apply_at(inputs, index)))
+            logits.append(tf.cast(classifier.apply_compact(t), tf.float32))
+        logits = tf.add_n(logits)  # ASPP: the branches' logits summed (DeepLab-v2)
         probs = tf.nn.softmax(logits, axis=-1)
         probs = index.scatter(probs)
         next_region = forward_region(index.region, probs, 1.0 if rho is None else rho)
@@ -124,6 +160,7 @@ class StageHead(keras.layers.Layer):
                 "hidden_channels": self.hidden_channels,
                 "kernel_size": self.kernel_size,
                 "dilation_rate": self.dilation_rate,
+                "aspp_rates": None if self.aspp_rates is None else list(self.aspp_rates),
             }
         )
         return config

