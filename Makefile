@@ -12,7 +12,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
-	$(BIN)/python -m pip install -q -e ".[test,serve,onnx,pretrained,lint]"
+	$(BIN)/python -m pip install -q -e ".[test,serve,onnx,pretrained,lint,crf]"
 	touch $@
 
 install: $(VENV)/.installed

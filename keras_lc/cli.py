@@ -176,13 +176,70 @@ def cmd_train(args):
     print(f"[keras-lc] saved {Path(args.out) / 'model.keras'}")
 
 
+def _scale(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a scale must be a positive number; got {text!r}") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"a scale must be a positive number; got {text!r}")
+    return value
+
+
+def _add_test_time_args(p):
+    p.add_argument("--scales", type=_scale, nargs="+", default=None,
+                   help="multi-scale testing: e.g. 0.5 0.75 1 (each a full cascade pass, probabilities fused)")
+    p.add_argument("--flip", action="store_true", help="with --scales: also each scale mirrored")
+    p.add_argument("--fusion", default="mean", choices=["mean", "max"], help="how --scales are fused")
+    p.add_argument("--crf", nargs="?", const="auto", default=None, metavar="PARAMS",
+                   help="dense CRF on the final probabilities (needs keras_lc[crf]); PARAMS: a JSON file, "
+                        "'deeplab' (DeepLab-v2's values) or nothing (crf.json next to the model, else DeepLab-v2's)")
+
+
+def cmd_tune_crf(args):
+    from keras_lc import crf as crf_lib
+
+    model = _load(args.model)
+    try:
+        crf_lib._densecrf()
+    except ImportError as e:
+        raise SystemExit(f"keras-lc: {e}") from None
+    if args.rho is not None:
+        model.rho = args.rho
+    args.num_classes = model.num_classes
+    items = []
+    for _, image, truth in _images_and_truth(args, model):
+        probs = model(image[None], training=False)["probs"][0].numpy()
+        items.append((image, probs, truth))
+    result = crf_lib.tune_crf(items, model.num_classes, model.ignore_class)
+    out = Path(args.out) if args.out else Path(args.model).with_name(crf_lib.PARAMS_FILE)
+    out.write_text(json.dumps({"model": str(args.model), "split": args.split, "rho": model.rho, **result}, indent=1))
+    print(f"[keras-lc] {len(result['table'])} CRF settings on {result['num_images']} {args.split} images: mIoU "
+          f"{100 * result['miou_without']:.2f} without, {100 * result['miou']:.2f} with the best "
+          + ", ".join(f"{k} {v:g}" for k, v in result["params"].items()))
+    print(f"[keras-lc] wrote {out}")
+
+
 def cmd_evaluate(args):
     from keras_lc.metrics import evaluate_cascade, format_report
 
     model = _load(args.model)
     if args.num_classes != model.num_classes:
         args.num_classes = model.num_classes
-    result = evaluate_cascade(model, _dataset(args, args.split), rho=args.rho, class_names=_class_names(args, model))
+    crf = None
+    if args.crf is not None:
+        from keras_lc.crf import params_for_model
+
+        try:
+            crf = params_for_model(args.model, args.crf)
+        except ValueError as e:
+            raise SystemExit(f"keras-lc: {e}") from None
+    try:
+        result = evaluate_cascade(model, _dataset(args, args.split), rho=args.rho,
+                                  class_names=_class_names(args, model), scales=args.scales,
+                                  flip=args.flip, fusion=args.fusion, crf=crf)
+    except ImportError as e:
+        raise SystemExit(f"keras-lc: {e}") from None
     result["split"] = args.split
     print(format_report(result))
     if args.json:
@@ -234,7 +291,7 @@ def cmd_predict(args):
 
 
 def _images_and_truth(args, model):
-    if args.images:
+    if getattr(args, "images", None):
         return [(Path(p).stem, im, None) for p, im in zip(args.images, _read_images(args.images))]
     if getattr(args, "data", "synthetic") != "synthetic":
         from keras_lc.data import list_pairs, read_info
@@ -530,8 +587,17 @@ def build_parser():
     p.add_argument("--rho", type=_rho, default=None, help="evaluate at this rho (default: the model's)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     p.add_argument("--split", default="val", help="a split folder of --data-dir (train, val, test, ...)")
+    _add_test_time_args(p)
     _add_data_args(p, num_images=64)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("tune-crf", help="grid-search dense CRF parameters on a split; writes crf.json beside the model")
+    p.add_argument("model", help="a .keras file")
+    p.add_argument("--rho", type=_rho, default=None)
+    p.add_argument("--split", default="val")
+    p.add_argument("--out", default=None, help="the JSON to write (default: crf.json next to the model)")
+    _add_data_args(p, num_images=20)
+    p.set_defaults(func=cmd_tune_crf)
 
     p = sub.add_parser("predict", help="write a PNG per image: labels and the deciding stage")
     p.add_argument("model", nargs="?", help="a .keras file (not needed with --server)")

@@ -16,7 +16,7 @@ def _check_labels(labels, num_classes, ignore_class):
         )
 
 
-def evaluate_cascade(model, dataset, rho=None, class_names=None):
+def evaluate_cascade(model, dataset, rho=None, class_names=None, scales=None, flip=False, fusion="mean", crf=None):
     """Evaluate a LayerCascade on `(images, labels)` batches.
 
     Args:
@@ -24,6 +24,9 @@ def evaluate_cascade(model, dataset, rho=None, class_names=None):
         dataset: iterable of `(images [B,H,W,3], labels [B,H,W])` batches.
         rho: optional ρ for this evaluation (the model's ρ otherwise).
         class_names: optional list of K names.
+        scales, flip, fusion: multi-scale testing (`LayerCascade.predict_multiscale`); None: one plain pass.
+        crf: None, or dense CRF parameters (a dict, see `keras_lc.crf`) applied to the final
+            probabilities of each image before scoring.
 
     Returns:
         dict: `miou` (mean IoU over classes present in labels or predictions),
@@ -31,7 +34,8 @@ def evaluate_cascade(model, dataset, rho=None, class_names=None):
         `pixel_accuracy`, `stage_share` [3] (share of all pixels decided at
         stages 1..3), `per_class_stage_share` {name: [3]} (of a class's labelled
         pixels, the share decided at each stage: the paper's Fig. 5),
-        `confusion_matrix` K×K (rows: truth), `rho`, `num_images`.
+        `confusion_matrix` K×K (rows: truth), `rho`, `num_images`; with `scales` also
+        `scales`, `flip`, `fusion` and `stage_share_per_scale` [S][3]; with `crf`, `crf` (the parameters).
     """
     k = model.num_classes
     names = list(class_names) if class_names is not None else [str(c) for c in range(k)]
@@ -42,10 +46,30 @@ def evaluate_cascade(model, dataset, rho=None, class_names=None):
 
         check_rho(rho)
     rho_t = tf.constant(model.rho if rho is None else float(rho), tf.float32)
+    if scales is not None:
+        from keras_lc.models.cascade import check_scales
+
+        scales = check_scales(scales)
+    if crf is not None:
+        from keras_lc import crf as crf_lib
+
+        crf = crf_lib.check_params(crf)
+        crf_lib._densecrf()  # a missing package fails before the model runs
+
+    @tf.function(reduce_retracing=True)
+    def forward(images):
+        if scales is None:
+            out = model(images, rho=rho_t, training=False)
+            return out, tf.zeros([1, 3])
+        out = model.predict_multiscale(images, scales=scales, flip=flip, rho=rho_t, fusion=fusion)
+        return out, out["stage_share"]
 
     @tf.function(reduce_retracing=True)
     def step(images, labels):
-        out = model(images, rho=rho_t, training=False)
+        out, scale_share = forward(images)
+        if crf is not None:
+            out = dict(out)
+            out["labels"] = tf.numpy_function(_crf_batch, [images, out["probs"]], tf.int32, stateful=False)
         labels = tf.cast(labels, tf.int32)
         valid = labels < k if model.ignore_class is None else tf.not_equal(labels, model.ignore_class)
         t = tf.boolean_mask(labels, valid)
@@ -54,8 +78,12 @@ def evaluate_cascade(model, dataset, rho=None, class_names=None):
         s = tf.cast(out["stage"], tf.int32) - 1
         stage_counts = tf.math.bincount(tf.reshape(s, [-1]), minlength=3, maxlength=3, dtype=tf.int64)
         class_stage = tf.math.confusion_matrix(t, tf.boolean_mask(s, valid), num_classes=max(k, 3), dtype=tf.int64)
-        return cm, stage_counts, class_stage[:k, :3]
+        return cm, stage_counts, class_stage[:k, :3], scale_share
 
+    def _crf_batch(images, probs):
+        return np.stack([crf_lib.dense_crf(im.astype(np.uint8), p, crf) for im, p in zip(images, probs)])
+
+    scale_share = 0.0
     cm = np.zeros((k, k), np.int64)
     stage_counts = np.zeros(3, np.int64)
     class_stage = np.zeros((k, 3), np.int64)
@@ -65,7 +93,8 @@ def evaluate_cascade(model, dataset, rho=None, class_names=None):
         if labels.ndim == 4 and labels.shape[-1] == 1:
             labels = labels[..., 0]
         _check_labels(labels, k, model.ignore_class)
-        a, b, c = step(images, labels)
+        a, b, c, d = step(images, labels)
+        scale_share = scale_share + d.numpy() * int(np.shape(images)[0])
         cm += a.numpy()
         stage_counts += b.numpy()
         class_stage += c.numpy()
@@ -77,7 +106,11 @@ def evaluate_cascade(model, dataset, rho=None, class_names=None):
     present = union > 0
     iou = np.where(present, tp / np.maximum(union, 1), np.nan)
     per_class_stage = class_stage / np.maximum(class_stage.sum(1, keepdims=True), 1)
-    return {
+    extra = {} if scales is None else {"scales": list(scales), "flip": bool(flip), "fusion": fusion,
+                                       "stage_share_per_scale": (scale_share / num_images).tolist()}
+    if crf is not None:
+        extra["crf"] = crf
+    return extra | {
         "rho": float(rho_t.numpy()),
         "num_images": num_images,
         "miou": float(np.nanmean(iou)) if present.any() else 0.0,
@@ -96,6 +129,14 @@ def format_report(result):
         f"mIoU: {100 * result['miou']:.2f}   pixel accuracy: {100 * result['pixel_accuracy']:.2f}",
         "share of pixels decided at stage 1/2/3: "
         + " / ".join(f"{100 * s:.1f}%" for s in result["stage_share"]),
+    ]
+    if "scales" in result:
+        lines.append(f"scales {result['scales']} ({result['fusion']}{', flipped' if result['flip'] else ''}); "
+                     "stage 1/2/3 per scale: " + "; ".join(
+                         " / ".join(f"{100 * s:.1f}%" for s in row) for row in result["stage_share_per_scale"]))
+    if "crf" in result:
+        lines.append("dense CRF: " + ", ".join(f"{k} {v:g}" for k, v in result["crf"].items()))
+    lines += [
         "",
         f"{'class':<14}{'IoU':>8}{'stage1':>9}{'stage2':>9}{'stage3':>9}",
     ]

@@ -1,6 +1,7 @@
 """LayerCascade: three stages, a head after each, and the ρ-masked training step."""
 
 import contextlib
+import math
 
 import keras
 import tensorflow as tf
@@ -17,6 +18,18 @@ PREPROCESSING = {"symmetric": (127.5, 127.5), "efficientnet_lite": (127.0, 128.0
 _LABEL_ERROR = "keras_lc: labels out of range"
 _SHAPE_ERROR = "keras_lc: labels do not match the images"
 _IMAGE_ERROR = "keras_lc: images must be finite values in 0..255"
+FUSIONS = ("mean", "max")
+
+
+def check_scales(scales):
+    """Test scales: a non-empty sequence of positive finite numbers. Returns a tuple of floats."""
+    try:
+        scales = tuple(float(s) for s in scales)
+    except (TypeError, ValueError):
+        raise ValueError(f"scales must be positive numbers like (0.5, 0.75, 1.0); got {scales!r}.") from None
+    if not scales or not all(math.isfinite(s) and s > 0 for s in scales):
+        raise ValueError(f"scales must be positive numbers like (0.5, 0.75, 1.0); got {scales!r}.")
+    return scales
 
 
 def resize_nearest(x, height, width):
@@ -410,6 +423,57 @@ class LayerCascade(keras.Model):
             "stage2": p2,
             "stage3": p3,
         }
+
+    def predict_multiscale(self, images, scales=(0.5, 0.75, 1.0), flip=False, rho=None, fusion="mean"):
+        """Multi-scale (and flipped) testing, DeepLab's way, each pass a full cascade.
+
+        Each scale's images are resized bilinearly, run through the cascade at ρ, and the
+        probabilities resized back to the input size; `flip` adds each scale's mirror
+        image (probabilities mirrored back and averaged with the scale's). The scales are
+        fused by their mean (or DeepLab-v2's max). Graph-friendly (wrap in `tf.function`).
+
+        Args:
+            images: uint8 or float `[B, H, W, 3]` in 0..255.
+            scales: positive numbers; 1.0 is the plain pass.
+            flip: bool, also run each scale mirrored left-right.
+            rho: optional ρ for every pass (the model's otherwise).
+            fusion: "mean" or "max".
+
+        Returns:
+            dict with `labels` int32 `[B, H, W]`, `probs` float32 `[B, H, W, K]` (fused),
+            `stage` uint8 `[B, H, W]` (the deciding stage of the unflipped pass at the scale
+            nearest 1) and `stage_share` float32 `[S, 3]` (per scale, the share of its pixels
+            decided at stages 1..3, unflipped pass).
+        """
+        scales = check_scales(scales)
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}; got {fusion!r}.")
+        x = tf.convert_to_tensor(images)
+        self.preprocess(x)  # the input contract's checks, before anything is resized
+        size = tf.shape(x)[1:3]
+        nearest = min(range(len(scales)), key=lambda i: abs(math.log(scales[i])))
+        fused, shares, stage = None, [], None
+        for i, scale in enumerate(scales):
+            xs = x
+            if scale != 1.0:
+                scaled = tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32), 1)
+                xs = tf.clip_by_value(tf.image.resize(tf.cast(x, tf.float32), scaled, method="bilinear"), 0.0, 255.0)
+            passes = [(self(xs, rho=rho, training=False), False)]
+            if flip:
+                passes.append((self(tf.reverse(xs, axis=[2]), rho=rho, training=False), True))
+            probs = [tf.reverse(out["probs"], axis=[2]) if mirrored else out["probs"] for out, mirrored in passes]
+            probs = tf.add_n(probs) / len(probs)
+            if scale != 1.0:
+                probs = tf.image.resize(probs, size, method="bilinear")
+            out = passes[0][0]
+            shares.append(tf.stack([tf.reduce_mean(tf.cast(tf.equal(out["stage"], k), tf.float32)) for k in (1, 2, 3)]))
+            if i == nearest:
+                stage = resize_nearest(out["stage"], size[0], size[1])
+            fused = probs if fused is None else (fused + probs if fusion == "mean" else tf.maximum(fused, probs))
+        if fusion == "mean":
+            fused = fused / len(scales)
+        return {"labels": tf.argmax(fused, axis=-1, output_type=tf.int32), "probs": fused, "stage": stage,
+                "stage_share": tf.stack(shares)}
 
     # ----------------------------------------------------------------- steps
     def _unpack(self, data):
