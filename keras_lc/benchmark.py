@@ -113,6 +113,50 @@ def benchmark_cascade(model, images, rhos=(1.0, 0.995, 0.985, 0.95, 0.9, 0.8), r
     return result
 
 
+def benchmark_test_time(model, images, scales, flip=False, rho=None, crf=None, repeats=5, warmup=1):
+    """Images/s of the plain cascade, of multi-scale testing, and of dense CRF on top, in one run, alternating.
+
+    Args:
+        model: a `LayerCascade`; images: uint8 `[B, H, W, 3]`.
+        scales, flip: as `LayerCascade.predict_multiscale`.
+        rho: the ρ of every pass (the model's when None).
+        crf: None or CRF parameters (`keras_lc.crf`): also time the CRF on the multi-scale probabilities.
+
+    Returns:
+        `{"plain": images/s, "multiscale": images/s, "multiscale_crf": images/s (with crf), "scales",
+        "flip", "batch", "repeats"}`.
+    """
+    from keras_lc.models.cascade import check_scales
+
+    scales = check_scales(scales)
+    images = tf.convert_to_tensor(images)
+    rho = tf.constant(model.rho if rho is None else check_rho(rho), tf.float32)
+
+    @tf.function(reduce_retracing=True)
+    def plain(x):
+        return model(x, rho=rho, training=False)["probs"]
+
+    @tf.function(reduce_retracing=True)
+    def multiscale(x):
+        return model.predict_multiscale(x, scales=scales, flip=flip, rho=rho)["probs"]
+
+    pieces = {"plain": (plain, (images,)), "multiscale": (multiscale, (images,))}
+    if crf is not None:
+        from keras_lc import crf as crf_lib
+
+        crf = crf_lib.check_params(crf)
+
+        def with_crf(x):
+            probs = multiscale(x).numpy()
+            return tf.constant(np.stack([crf_lib.dense_crf(im, p, crf) for im, p in zip(x.numpy(), probs)]))
+
+        pieces["multiscale_crf"] = (with_crf, (images,))
+    seconds = median_seconds(pieces, repeats, warmup)
+    batch = int(images.shape[0])
+    return {**{name: batch / t for name, t in seconds.items()}, "scales": list(scales), "flip": bool(flip),
+            "crf": crf, "batch": batch, "repeats": repeats}
+
+
 def stage_times(model, images, rho=None, repeats=10, warmup=2, dense=False):
     """Seconds per batch spent in each stage (stage + its head).
 

@@ -412,6 +412,20 @@ def cmd_bench(args):
             model.dense_threshold = result["crossover"]
             model.save(args.save)
             print(f"[keras-lc] saved {args.save} with dense_threshold {model.dense_threshold}")
+    elif args.scales:
+        from keras_lc.benchmark import benchmark_test_time
+
+        crf = None
+        if args.crf is not None:
+            from keras_lc.crf import params_for_model
+
+            crf = params_for_model(args.model, args.crf)
+        result = benchmark_test_time(model, images, args.scales, args.flip, rho=args.rho[0], crf=crf,
+                                     repeats=args.repeats)
+        print(f"images/s at rho {args.rho[0]:g}, batch {len(images)} at {args.height}x{args.width}: plain "
+              f"{result['plain']:.2f}; scales {result['scales']}{' flipped' if args.flip else ''} "
+              f"{result['multiscale']:.2f} ({result['multiscale'] / result['plain']:.2f}x)"
+              + (f"; + dense CRF {result['multiscale_crf']:.2f}" if crf else ""))
     else:
         result = benchmark_cascade(model, images, rhos=args.rho, repeats=args.repeats)
         print(format_benchmark(result))
@@ -680,6 +694,7 @@ def build_parser():
                    help="instead: measure the forwarded fraction above which stages 2-3 are cheaper dense "
                         "(the model's dense_threshold) on this machine")
     p.add_argument("--save", default=None, help="with --crossover: save the model with that dense_threshold here")
+    _add_test_time_args(p)
     p.set_defaults(func=cmd_bench)
     return parser
 

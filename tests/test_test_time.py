@@ -153,3 +153,23 @@ def test_missing_crf_package_is_a_clear_error(monkeypatch, small_model):
         crf.dense_crf(np.zeros((4, 4, 3), np.uint8), np.full((4, 4, 2), 0.5, np.float32))
     with pytest.raises(ImportError, match="pydensecrf2"):
         evaluate_cascade(small_model, [], crf={})
+
+
+def test_cli_evaluate_and_bench_with_scales(small_model, tmp_path, capsys):
+    import json
+
+    from keras_lc.cli import main
+
+    path = tmp_path / "m.keras"
+    small_model.save(path)
+    out = tmp_path / "eval.json"
+    main(["evaluate", str(path), "--num-images", "4", "--image-size", "32", "--num-classes", "4",
+          "--scales", "0.5", "1", "--flip", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["scales"] == [0.5, 1.0] and result["flip"] and len(result["stage_share_per_scale"]) == 2
+    main(["bench", str(path), "--height", "32", "--width", "32", "--scales", "0.5", "1", "--repeats", "1"])
+    assert "scales [0.5, 1.0]" in capsys.readouterr().out
+    for bad in ("0", "-1", "nan", "x"):
+        with pytest.raises(SystemExit):
+            main(["evaluate", str(path), "--scales", bad])
+    assert "a scale must be a positive number" in capsys.readouterr().err
