@@ -16,6 +16,14 @@ def _check_labels(labels, num_classes, ignore_class):
         )
 
 
+def _checked(labels, num_classes, ignore_class):
+    labels = np.asarray(labels)
+    if labels.ndim == 4 and labels.shape[-1] == 1:
+        labels = labels[..., 0]
+    _check_labels(labels, num_classes, ignore_class)
+    return labels
+
+
 def evaluate_cascade(model, dataset, rho=None, class_names=None, scales=None, flip=False, fusion="mean", crf=None):
     """Evaluate a LayerCascade on `(images, labels)` batches.
 
@@ -88,17 +96,16 @@ def evaluate_cascade(model, dataset, rho=None, class_names=None, scales=None, fl
     stage_counts = np.zeros(3, np.int64)
     class_stage = np.zeros((k, 3), np.int64)
     num_images = 0
-    for images, labels in dataset:
-        labels = np.asarray(labels)
-        if labels.ndim == 4 and labels.shape[-1] == 1:
-            labels = labels[..., 0]
-        _check_labels(labels, k, model.ignore_class)
-        a, b, c, d = step(images, labels)
-        scale_share = scale_share + d.numpy() * int(np.shape(images)[0])
-        cm += a.numpy()
-        stage_counts += b.numpy()
-        class_stage += c.numpy()
-        num_images += int(np.shape(images)[0])
+    from keras_lc.models.cascade import clear_errors
+
+    with clear_errors():  # a reader's check (label values, sizes) names the file in one line
+        for images, labels in dataset:
+            a, b, c, d = step(images, _checked(labels, k, model.ignore_class))
+            scale_share = scale_share + d.numpy() * int(np.shape(images)[0])
+            cm += a.numpy()
+            stage_counts += b.numpy()
+            class_stage += c.numpy()
+            num_images += int(np.shape(images)[0])
     if num_images == 0:
         raise ValueError("The evaluation dataset is empty.")
     tp = np.diag(cm).astype(np.float64)

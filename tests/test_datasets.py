@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -226,3 +227,17 @@ def test_any_split_folder_is_accepted_and_a_missing_one_lists_the_found(camvid_l
     main(["evaluate", str(tmp_path / "m.keras"), "--data", "camvid", "--data-dir", str(camvid_like),
           "--split", "test", "--json", str(tmp_path / "e.json")])
     assert json.loads((tmp_path / "e.json").read_text())["split"] == "test"
+
+
+@pytest.mark.parametrize("bad, message", [("values", r"labels out of range in .*f1.png max value 7"),
+                                          ("size", r"image and label sizes differ for .*f1.png")])
+def test_evaluate_names_the_bad_label_file_in_one_line(camvid_like, small_model, bad, message, capsys):
+    from keras_lc.cli import main
+
+    label = np.full((24, 32, 1), 7, np.uint8) if bad == "values" else np.zeros((20, 32, 1), np.uint8)
+    _write(camvid_like / "val" / "labels" / "f1.png", label)
+    model = camvid_like / "m.keras"
+    small_model.save(model)
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", str(model), "--data", "camvid", "--data-dir", str(camvid_like), "--batch-size", "1"])
+    assert re.search(message, str(e.value)) and "\n" not in str(e.value) and "Traceback" not in str(e.value)

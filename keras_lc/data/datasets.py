@@ -218,7 +218,8 @@ def decode_example(image_path, label_path, num_classes, ignore_class, layout="ca
     )
     same = tf.debugging.Assert(
         tf.reduce_all(tf.equal(tf.shape(image)[:2], tf.shape(label))),
-        ["keras_lc: image and label sizes differ for", image_path, tf.shape(image), tf.shape(label)],
+        ["keras_lc: image and label sizes differ for", image_path, "image", tf.shape(image), "label",
+         tf.shape(label)],
     )
     with tf.control_dependencies([check, same]):
         return tf.identity(image), tf.identity(label)

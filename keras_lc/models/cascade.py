@@ -18,6 +18,7 @@ PREPROCESSING = {"symmetric": (127.5, 127.5), "efficientnet_lite": (127.0, 128.0
 _LABEL_ERROR = "keras_lc: labels out of range"
 _SHAPE_ERROR = "keras_lc: labels do not match the images"
 _IMAGE_ERROR = "keras_lc: images must be finite values in 0..255"
+_PAIR_ERROR = "keras_lc: image and label sizes differ"  # raised by the dataset readers
 FUSIONS = ("mean", "max")
 
 
@@ -48,12 +49,13 @@ def resize_nearest(x, height, width):
 
 
 @contextlib.contextmanager
-def _clear_errors():
-    """Turn the graph-side label check into the ValueError a user expects."""
+def clear_errors():
+    """Turn the graph-side checks (labels, images, ρ, the dataset readers') into the one-line
+    ValueError a user expects."""
     try:
         yield
     except tf.errors.InvalidArgumentError as e:
-        for marker in (_LABEL_ERROR, _SHAPE_ERROR, _IMAGE_ERROR, RHO_ERROR):
+        for marker in (_LABEL_ERROR, _SHAPE_ERROR, _IMAGE_ERROR, _PAIR_ERROR, RHO_ERROR):
             if marker in str(e.message):
                 detail = str(e.message).split(marker, 1)[1].split("\n")[0]
                 raise ValueError(f"{marker}{detail}".replace("] [", " ").rstrip("]")) from None
@@ -611,19 +613,19 @@ class LayerCascade(keras.Model):
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def fit(self, *args, **kwargs):
-        with _clear_errors():
+        with clear_errors():
             return super().fit(*args, **kwargs)
 
     def evaluate(self, *args, **kwargs):
-        with _clear_errors():
+        with clear_errors():
             return super().evaluate(*args, **kwargs)
 
     def train_on_batch(self, *args, **kwargs):
-        with _clear_errors():
+        with clear_errors():
             return super().train_on_batch(*args, **kwargs)
 
     def test_on_batch(self, *args, **kwargs):
-        with _clear_errors():
+        with clear_errors():
             return super().test_on_batch(*args, **kwargs)
 
     # --------------------------------------------------------- serialization
