@@ -470,12 +470,17 @@ def cmd_serve(args):
 
     from keras_lc.serving import TritonServer
 
-    server = TritonServer(args.model_repository, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-                          log_file=args.log_file)
-    stop = threading.Event()
-    for sig in (_signal.SIGINT, _signal.SIGTERM):
-        _signal.signal(sig, lambda *_: stop.set())
-    server.start(timeout_s=args.timeout)
+    try:
+        server = TritonServer(args.model_repository, host=args.host, http_port=args.http_port,
+                              grpc_port=args.grpc_port, log_file=args.log_file)
+        stop = threading.Event()
+        for sig in (_signal.SIGINT, _signal.SIGTERM):
+            _signal.signal(sig, lambda *_: stop.set())
+        server.start(timeout_s=args.timeout)
+    except (FileNotFoundError, ImportError, OSError, RuntimeError, TimeoutError) as e:
+        if os.environ.get("KERAS_LC_DEBUG"):
+            raise
+        raise SystemExit(f"keras-lc: serve: {str(e).strip().splitlines()[0]}") from None
     print(f"[keras-lc] Triton is serving {args.model_repository}: gRPC {args.host}:{args.grpc_port}, "
           f"HTTP {args.host}:{args.http_port}. Ctrl-C (SIGINT) or SIGTERM stops it.", flush=True)
     try:
@@ -505,7 +510,14 @@ def _predict_remote(args, items):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, image, truth in items:
-        result = client.predict(image[None], rho=args.rho)
+        try:
+            result = client.predict(image[None], rho=args.rho)
+        except Exception as e:  # noqa: BLE001 - grpc, tritonclient and socket errors: all mean "no answer"
+            if os.environ.get("KERAS_LC_DEBUG"):
+                raise
+            detail = (str(getattr(e, "details", lambda: "")() or e).strip().splitlines() or [type(e).__name__])[0]
+            raise SystemExit(f"keras-lc: no answer from the {args.protocol} server at {args.server} "
+                             f"(model {args.model_name!r}): {detail[:300]}") from None
         labels, stage = result["labels"][0], result["stage"][0]
         num_classes = int(max(labels.max() + 1, 2))
         write_png(out / f"{name}.png", stage_panel(image, labels, stage, num_classes, truth))

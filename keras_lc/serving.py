@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -124,6 +125,23 @@ class TritonServer:
         ]
 
     def start(self, timeout_s=120):
+        """Start the server and wait until it is ready. A failed start (port in use, a model that does not
+        load, timeout) raises with the reason on the first line and removes the server's temporary copy."""
+        for port in (self.http_port, self.grpc_port):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((self.host, port))
+                except OSError as e:
+                    raise OSError(f"port {port} on {self.host} is not free ({e.strerror}); "
+                                  "choose others with --http-port/--grpc-port") from None
+        try:
+            return self._start(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, timeout_s):
         dist, env = self._prepare()
         log = open(self.log_file, "w") if self.log_file else subprocess.DEVNULL
         self._log_path = self.log_file
@@ -138,19 +156,25 @@ class TritonServer:
         client = triton_http.InferenceServerClient(f"{self.host}:{self.http_port}", connection_timeout=2.0)
         while time.time() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"tritonserver exited with {self.process.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(f"tritonserver exited with {self.process.returncode}: {self.log_reason()}\n"
+                                   f"{self.log_tail()}")
             try:
                 if client.is_server_ready():
                     return self
             except Exception:  # noqa: BLE001 - not listening yet (connection refused, reset, timeout)
                 pass
             time.sleep(0.5)
-        self.stop()
-        raise TimeoutError(f"tritonserver was not ready after {timeout_s} s:\n{self.log_tail()}")
+        raise TimeoutError(f"tritonserver was not ready after {timeout_s} s: {self.log_reason()}\n{self.log_tail()}")
+
+    def log_reason(self):
+        """The server log's first error line (Triton prefixes them with E), or its last line."""
+        lines = [ln.strip() for ln in self.log_tail(200_000).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith("E") or "error" in ln.lower() or "failed" in ln.lower()]
+        return (errors or lines or ["no log"])[0][:400]
 
     def log_tail(self, n=4000):
         try:
-            return Path(self._log_path).read_text()[-n:]
+            return Path(self._log_path).read_text(errors="replace")[-n:]
         except (OSError, AttributeError):
             return ""
 

@@ -287,3 +287,44 @@ def test_triton_batch_computes_each_image_at_its_own_rho(triton, model, inputs):
     for rho, answers in results.items():
         for stage in answers:
             np.testing.assert_array_equal(stage, model(x, rho=rho)["stage"])
+
+
+@pytest.mark.parametrize("protocol, url", [("triton", "grpc://127.0.0.1:{port}"), ("triton", "http://127.0.0.1:{port}"),
+                                           ("tfserving", "127.0.0.1:{port}")])
+def test_predict_server_closed_port_is_one_line(tmp_path, inputs, protocol, url):
+    pytest.importorskip("tritonclient.grpc", reason="the [serve] extra is not installed")
+    from keras_lc.cli import main
+
+    image = tmp_path / "x.png"
+    image.write_bytes(tf.io.encode_png(inputs["scenes"][0]).numpy())
+    url = url.format(port=_free_port())  # nothing listens there
+    with pytest.raises(SystemExit) as e:
+        main(["predict", "--server", url, "--protocol", protocol, str(image), "--out", str(tmp_path / "o")])
+    assert str(e.value).startswith(f"keras-lc: no answer from the {protocol} server at {url}")
+    assert "\n" not in str(e.value)
+
+
+def test_serve_failures_are_one_line_and_leave_no_temporary_copy(triton, model, tmp_path, capsys):
+    import glob
+    import tempfile
+
+    from keras_lc.cli import main
+    from keras_lc.serving import TritonServer, write_triton_repository
+
+    def leftovers():
+        return set(glob.glob(os.path.join(tempfile.gettempdir(), "keras_lc_triton_*")))
+
+    before = leftovers()
+    with pytest.raises(SystemExit, match="model repository not found"):
+        main(["serve", "--model-repository", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit, match=f"port {triton.grpc_port} on 127.0.0.1 is not free"):
+        main(["serve", "--model-repository", str(triton.repository), "--http-port", str(_free_port()),
+              "--grpc-port", str(triton.grpc_port)])
+    repo = tmp_path / "broken"
+    write_triton_repository(model, repo, "lc", 1)
+    (repo / "lc" / "1" / "model.py").write_text("raise RuntimeError('this model cannot load')\n")
+    server = TritonServer(repo, http_port=_free_port(), grpc_port=_free_port())
+    with pytest.raises(RuntimeError, match="tritonserver exited with") as e:
+        server.start(timeout_s=120)
+    assert "\n" in str(e.value) and str(e.value).splitlines()[0].count(":") >= 1
+    assert leftovers() == before
