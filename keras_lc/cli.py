@@ -447,7 +447,8 @@ def cmd_export(args):
         from keras_lc.serving import write_triton_repository
 
         root = write_triton_repository(model, out, args.name, args.version, fmt=args.format,
-                                       include_probs=args.probs, overwrite=args.overwrite)
+                                       include_probs=args.probs, overwrite=args.overwrite,
+                                       instances=args.instances, max_pixels=args.max_pixels or None)
         print(f"[keras-lc] wrote Triton model {root}/ (config.pbtxt, {args.version}/model.py); "
               f"serve it with: keras-lc serve --model-repository {out}")
     elif args.format == "onnx":
@@ -681,6 +682,11 @@ def build_parser():
     p.add_argument("--triton", action="store_true", help="write a Triton model repository (Python backend)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing version folder")
     p.add_argument("--probs", action="store_true", help="also output probs [B,H,W,K] (larger responses)")
+    p.add_argument("--instances", type=int, default=1,
+                   help="--triton: model instances serving in parallel (instance_group count; default 1)")
+    p.add_argument("--max-pixels", type=int, default=4 * 1920 * 1080,
+                   help="--triton: refuse requests with more pixels (B*H*W) than this (default four full-HD "
+                        "frames; 0: no cap)")
     p.add_argument("--rho", type=_rho, default=None, help="the default rho of the export (default: the model's)")
     p.set_defaults(func=cmd_export)
 

@@ -40,8 +40,11 @@ instance_group [ {{ kind: KIND_CPU, count: {instances} }} ]
 {batching}'''
 
 
+DEFAULT_MAX_PIXELS = 4 * 1920 * 1080  # per request: four full-HD frames (a 6000x6000 image took 105 s and 4.7 GB)
+
+
 def write_triton_repository(model, repository, name="lc", version=1, fmt="savedmodel", include_probs=False,
-                            instances=1, max_batch_size=8, overwrite=False):
+                            instances=1, max_batch_size=8, overwrite=False, max_pixels=DEFAULT_MAX_PIXELS):
     """Write `repository/<name>/config.pbtxt` and `repository/<name>/<version>/` for Triton's Python backend.
 
     The version folder holds `model.py`, `keras_lc.json` and `model.savedmodel/`
@@ -51,11 +54,17 @@ def write_triton_repository(model, repository, name="lc", version=1, fmt="savedm
     exported). Triton's dynamic batcher is on: it queues concurrent requests and hands
     them to the backend together. Images of one request share a size.
 
+    `instances` model instances (Triton's instance_group) serve requests in parallel; a request with more
+    than `max_pixels` pixels (B x H x W; None: no cap) is refused with INVALID_ARG before it runs.
     An existing version is an error unless `overwrite`; the version folder is built under a
     temporary name next to it and moved into place, so a polling server never sees half a model.
     """
     if fmt not in ("savedmodel", "onnx"):
         raise ValueError(f"fmt must be 'savedmodel' or 'onnx'; got {fmt!r}.")
+    if isinstance(instances, bool) or not isinstance(instances, int) or instances < 1:
+        raise ValueError(f"instances must be a positive integer; got {instances!r}.")
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
+        raise ValueError(f"max_pixels must be a positive integer or None; got {max_pixels!r}.")
     root = Path(repository) / name
     vdir = version_folder(repository, name, version, overwrite)
     with staged_folder(vdir) as tmp_vdir:
@@ -65,7 +74,7 @@ def write_triton_repository(model, repository, name="lc", version=1, fmt="savedm
             _write_savedmodel(model, tmp_vdir / "model.savedmodel", include_probs)
         (tmp_vdir / "keras_lc.json").write_text(json.dumps(
             {"num_classes": model.num_classes, "rho": model.rho, "ignore_class": model.ignore_class, "format": fmt,
-             "include_probs": include_probs}, indent=1))
+             "include_probs": include_probs, "max_pixels": max_pixels}, indent=1))
         shutil.copy(_MODEL_FILE, tmp_vdir / "model.py")
     probs = ',\n  { name: "probs", data_type: TYPE_FP32, dims: [ -1, -1, -1 ] }' if include_probs else ""
     batching = "dynamic_batching { max_queue_delay_microseconds: 2000 }\n"
@@ -231,6 +240,9 @@ class TritonClient:
         """`images` uint8 [B, H, W, 3] (or `image_bytes`: list of encoded images) → {"labels", "stage", ...}."""
         tc = self._tc
         inputs = []
+        if images is not None and np.ndim(images) != 4:
+            raise ValueError(f"images must be a batch [B, H, W, 3] (rank 4); got shape {np.shape(images)} "
+                             "(one image: images[None])")
         batch = len(images) if images is not None else len(image_bytes or [])
         if images is not None:
             images = np.ascontiguousarray(images)
@@ -282,6 +294,9 @@ class TFServingClient:
         self.model_name, self.timeout_s = model_name, timeout_s
 
     def predict(self, images=None, rho=None, image_bytes=None):
+        if images is not None and np.ndim(images) != 4:
+            raise ValueError(f"images must be a batch [B, H, W, 3] (rank 4); got shape {np.shape(images)} "
+                             "(one image: images[None])")
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
 

@@ -41,6 +41,25 @@ class TritonPythonModel:
         out = self.signature(images=self.tf.constant(images), rho=self.tf.constant(rho, self.tf.float32))
         return {k: v.numpy() for k, v in out.items()}
 
+    def _encoded_size(self, data):
+        """(H, W) from a PNG or JPEG header, None for other formats (they are checked after decoding)."""
+        if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+            return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
+        if data[:2] == b"\xff\xd8":
+            try:
+                h, w, _ = self.tf.io.extract_jpeg_shape(data).numpy()
+                return int(h), int(w)
+            except Exception:  # a corrupt header: the decoder reports it
+                return None
+        return None
+
+    def _check_size(self, shape):
+        limit = self.info.get("max_pixels")
+        pixels = int(shape[0]) * int(shape[1]) * int(shape[2])
+        if limit and pixels > limit:
+            raise ValueError(f"the request has {pixels:,} pixels ({int(shape[0])} x {int(shape[1])}x{int(shape[2])}); "
+                             f"this model serves at most {limit:,} per request (export --max-pixels)")
+
     def _one(self, request):
         images = pb_utils.get_input_tensor_by_name(request, "images")
         encoded = pb_utils.get_input_tensor_by_name(request, "image_bytes")
@@ -53,16 +72,21 @@ class TritonPythonModel:
                 raise ValueError(f"images must be UINT8 [B, H, W, 3]; got shape {list(x.shape)}")
             if 0 in x.shape:
                 raise ValueError(f"images must not be empty; got shape {list(x.shape)}")
+            self._check_size(x.shape)
         else:
             data = encoded.as_numpy().reshape(-1)
             decoded = []
             for i, item in enumerate(data):
+                size = self._encoded_size(bytes(item))
+                if size is not None:  # the size is in the header: refuse before decoding
+                    self._check_size((len(data), *size))
                 try:
                     decoded.append(self.tf.io.decode_image(bytes(item), channels=3, expand_animations=False).numpy())
                 except Exception:
                     raise ValueError(f"image_bytes[{i}] is not a PNG/JPEG/BMP/GIF image") from None
             if len({d.shape for d in decoded}) != 1:
                 raise ValueError("the images of one request must share one size")
+            self._check_size((len(decoded), *decoded[0].shape))
             x = np.stack(decoded)
         x = np.ascontiguousarray(x, np.uint8)
         # One rho per image ([B, 1]): images of one batch (a client's, or requests Triton merged) may carry
@@ -94,6 +118,11 @@ class TritonPythonModel:
         for request in requests:
             try:
                 responses.append(self._one(request))
-            except Exception as e:  # a clear error for this request; the server keeps serving
+            except ValueError as e:  # the request's fault: INVALID_ARG (HTTP 400); the server keeps serving
+                code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+                error = pb_utils.TritonError(f"keras_lc: {e}", code) if code is not None else \
+                    pb_utils.TritonError(f"keras_lc: {e}")
+                responses.append(pb_utils.InferenceResponse(error=error))
+            except Exception as e:  # the model's fault: INTERNAL (HTTP 500)
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"keras_lc: {e}")))
         return responses

@@ -137,6 +137,7 @@ def triton(model, tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo")
     write_triton_repository(model, repo, "lc", 1)
     write_triton_repository(model, repo, "lc_onnx", 1, fmt="onnx")
+    write_triton_repository(model, repo, "lc_cap", 1, max_pixels=2 * 32 * 32, instances=2)
     server = TritonServer(repo, http_port=_free_port(), grpc_port=_free_port(), log_file=str(repo / "server.log"))
     server.start(timeout_s=180)
     yield server
@@ -171,16 +172,40 @@ def test_triton_bad_requests_get_errors_and_server_keeps_serving(triton, model, 
     x = inputs["scenes"]
     bad = [
         (dict(images=x.astype(np.float32)), "(?i)data type|datatype|FP32|unexpected"),
-        (dict(images=x[0, :4]), "(?i)shape|dims"),
+        (dict(images=np.ascontiguousarray(x[..., :2])), "(?i)shape|dims"),
         (dict(images=np.zeros((1, 0, 8, 3), np.uint8)), "(?i)empty|zero|shape"),
         (dict(image_bytes=[b"garbage"]), "not a PNG/JPEG"),
         (dict(images=x, rho=1.5), "rho must be in"),
         (dict(images=x, rho=0.0), "rho must be in"),
     ]
     for kwargs, message in bad:
-        with pytest.raises(InferenceServerException, match=message):
+        with pytest.raises(InferenceServerException, match=message) as e:
             client.predict(**kwargs)
+        if "rho" in kwargs or "image_bytes" in kwargs:  # the backend's checks: the client's fault
+            assert "INVALID_ARG" in str(e.value.status()), e.value.status()
         np.testing.assert_array_equal(client.predict(x)["labels"], model(x)["labels"])  # still serving
+    with pytest.raises(ValueError, match=r"rank 4\); got shape \(\d+, \d+, 3\)"):
+        client.predict(x[0])
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_triton_pixel_cap_refuses_big_requests_with_invalid_arg(triton, model, protocol):
+    from tritonclient.utils import InferenceServerException
+
+    from keras_lc.serving import TritonClient
+
+    port = triton.grpc_port if protocol == "grpc" else triton.http_port
+    client = TritonClient(f"127.0.0.1:{port}", "lc_cap", protocol=protocol)
+    small = np.zeros((2, 32, 32, 3), np.uint8)  # exactly the cap
+    np.testing.assert_array_equal(client.predict(small)["labels"], model(small)["labels"])
+    big = np.zeros((1, 40, 60, 3), np.uint8)
+    png = [tf.io.encode_png(big[0]).numpy()]
+    for kwargs in (dict(images=big), dict(image_bytes=png)):
+        with pytest.raises(InferenceServerException, match="2,400 pixels .* at most 2,048 per request") as e:
+            client.predict(**kwargs)
+        assert str(e.value.status()) in ("StatusCode.INVALID_ARGUMENT", "400"), e.value.status()
+    config = (triton.repository / "lc_cap" / "config.pbtxt").read_text()
+    assert "count: 2" in config
 
 
 def test_cli_export_and_serve_stop_cleanly(model, tmp_path, inputs):
