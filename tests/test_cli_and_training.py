@@ -66,16 +66,39 @@ class _Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-def test_interrupted_training_resumes(tmp_path):
-    data = synthetic(8, 32, 32, num_classes=3, seed=0, batch_size=4)
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory):
+    """One run interrupted after cascade epoch 2 of 3 (initial phase done); each test resumes a copy."""
+    folder = tmp_path_factory.mktemp("interrupted")
     model = build_model("tiny", num_classes=3, ignore_class=3, **SMALL)
     with pytest.raises(KeyboardInterrupt):
-        train_cascade(model, data, None, tmp_path, initial_epochs=1, cascade_epochs=3,
+        train_cascade(model, _train_data(), _val_data(), folder, initial_epochs=1, cascade_epochs=3,
                       callbacks=[_Interrupt(2)], tensorboard=False, verbose=0)
+    return folder
+
+
+def _train_data():
+    return synthetic(8, 32, 32, num_classes=3, seed=0, batch_size=4)
+
+
+def _val_data():
+    return synthetic(4, 32, 32, num_classes=3, seed=1, batch_size=4)
+
+
+def _copy(folder, tmp_path):
+    import shutil
+
+    shutil.copytree(folder, tmp_path, dirs_exist_ok=True)
+    return tmp_path
+
+
+def test_interrupted_training_resumes(interrupted_run, tmp_path):
+    _copy(interrupted_run, tmp_path)
+    data, val = _train_data(), _val_data()
     assert (tmp_path / "initial.weights.h5").is_file()
     assert not (tmp_path / "cascade.weights.h5").exists()
     fresh = build_model("tiny", num_classes=3, ignore_class=3, **SMALL)
-    histories = train_cascade(fresh, data, None, tmp_path, initial_epochs=1, cascade_epochs=3,
+    histories = train_cascade(fresh, data, val, tmp_path, initial_epochs=1, cascade_epochs=3,
                               tensorboard=False, verbose=0)
     assert "initial" not in histories  # finished phase: loaded, not rerun
     assert len(histories["cascade"]["loss"]) == 1  # epochs 1-2 restored from the backup, only epoch 3 runs
@@ -100,13 +123,9 @@ def test_resumed_initial_phase_leaves_the_cascade_phase_whole(tmp_path):
     assert len(saved["initial"]["loss"]) == 3 and len(saved["cascade"]["loss"]) == 2
 
 
-def test_resume_keeps_the_best_checkpoint_and_the_whole_history(tmp_path):
-    data = synthetic(8, 32, 32, num_classes=3, seed=0, batch_size=4)
-    val = synthetic(4, 32, 32, num_classes=3, seed=1, batch_size=4)
-    model = build_model("tiny", num_classes=3, ignore_class=3, **SMALL)
-    with pytest.raises(KeyboardInterrupt):
-        train_cascade(model, data, val, tmp_path, initial_epochs=1, cascade_epochs=3,
-                      callbacks=[_Interrupt(2)], tensorboard=False, verbose=0)
+def test_resume_keeps_the_best_checkpoint_and_the_whole_history(interrupted_run, tmp_path):
+    _copy(interrupted_run, tmp_path)
+    data, val = _train_data(), _val_data()
     log = tmp_path / "logs" / "cascade.csv"
     lines = log.read_text().splitlines()
     assert len(lines) == 3 and "val_miou" in lines[0]  # header + the two epochs before the interruption
@@ -225,13 +244,9 @@ def test_damaged_resume_checkpoint_never_blocks_the_rerun(tmp_path, keep_previou
     assert (tmp_path / "model.keras").is_file()
 
 
-def test_damaged_best_keras_is_repaired_and_files_are_written_atomically(tmp_path):
-    data = synthetic(8, 32, 32, num_classes=3, seed=0, batch_size=4)
-    val = synthetic(4, 32, 32, num_classes=3, seed=1, batch_size=4)
-    model = build_model("tiny", num_classes=3, ignore_class=3, **SMALL)
-    with pytest.raises(KeyboardInterrupt):
-        train_cascade(model, data, val, tmp_path, initial_epochs=1, cascade_epochs=3,
-                      callbacks=[_Interrupt(2)], tensorboard=False, verbose=0)
+def test_damaged_best_keras_is_repaired_and_files_are_written_atomically(interrupted_run, tmp_path):
+    _copy(interrupted_run, tmp_path)
+    data, val = _train_data(), _val_data()
     (tmp_path / "best.keras").write_bytes(b"")  # a kill while best.keras was written in place
     fresh = build_model("tiny", num_classes=3, ignore_class=3, **SMALL)
     with pytest.warns(UserWarning, match="best.keras is damaged"):
