@@ -245,9 +245,10 @@ def train_phase(
         else:
             epoch_log.unlink(missing_ok=True)  # a fresh start: a stale log would be appended to
         epoch_log.parent.mkdir(parents=True, exist_ok=True)
-    phase_callbacks = [SafeBackupAndRestore(str(backup), save_freq=save_freq)]
-    if chief:
-        phase_callbacks.append(keras.callbacks.CSVLogger(str(epoch_log), append=True))
+    # The epoch's log row is written before its backup: a kill between the two reruns the epoch (its row
+    # then appears twice, and the history keeps the last) instead of losing the row.
+    phase_callbacks = [keras.callbacks.CSVLogger(str(epoch_log), append=True)] if chief else []
+    phase_callbacks.append(SafeBackupAndRestore(str(backup), save_freq=save_freq))
     if tensorboard and chief:
         phase_callbacks.append(keras.callbacks.TensorBoard(str(out / "logs" / phase), write_graph=False))
     if val_data is not None and keep_best and chief:
@@ -269,7 +270,11 @@ def train_phase(
     if chief:
         history_file = out / "history.json"
         saved = json.loads(history_file.read_text()) if history_file.exists() else {}
-        saved[phase] = {k: [row[k] for row in earlier if k in row] + v for k, v in history.items()}
+        # The log holds every epoch of the phase, across interruptions; an epoch rerun after a kill (from a
+        # backup older than its row) appears again: the last row of each epoch is the one the weights follow.
+        rows = list({row["epoch"]: row for row in _read_epoch_log(epoch_log)}.values())
+        rows.sort(key=lambda row: row["epoch"])
+        saved[phase] = {k: [row[k] for row in rows if k in row] for k in history}
         tmp = history_file.with_name(".history.json.partial")
         tmp.write_text(json.dumps(saved, indent=1))
         os.replace(tmp, history_file)
@@ -278,7 +283,7 @@ def train_phase(
 
 
 def _read_epoch_log(path):
-    """Rows of a CSVLogger file as dicts of floats (the "epoch" column and "NA" cells left out)."""
+    """Rows of a CSVLogger file as dicts of floats ("epoch" an int; "NA" cells left out)."""
     with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items() if k != "epoch" and v not in ("", "NA", None)}
+        return [{k: int(v) if k == "epoch" else float(v) for k, v in row.items() if v not in ("", "NA", None)}
                 for row in csv.DictReader(f)]

@@ -123,6 +123,23 @@ def test_resumed_initial_phase_leaves_the_cascade_phase_whole(tmp_path):
     assert len(saved["initial"]["loss"]) == 3 and len(saved["cascade"]["loss"]) == 2
 
 
+def test_epoch_rerun_after_a_step_backup_is_logged_once(tmp_path):
+    """Step-level backups (--save-every): an interruption after an epoch's log row but before the next backup
+    reruns part of that epoch; the history keeps each epoch once (benchmarks/kill_loop.py found this)."""
+    model = build_model("tiny", num_classes=3, ignore_class=3, **SMALL)
+    with pytest.raises(KeyboardInterrupt):
+        train_cascade(model, _train_data(), None, tmp_path, initial_epochs=3, cascade_epochs=1, save_freq=3,
+                      callbacks=[_Interrupt(2, phase="initial")], tensorboard=False, verbose=0)
+    fresh = build_model("tiny", num_classes=3, ignore_class=3, **SMALL)
+    train_cascade(fresh, _train_data(), None, tmp_path, initial_epochs=3, cascade_epochs=1, save_freq=3,
+                  tensorboard=False, verbose=0)
+    rows = (tmp_path / "logs" / "initial.csv").read_text().splitlines()[1:]
+    epochs = [int(r.split(",")[0]) for r in rows]
+    assert len(epochs) > 3 and sorted(set(epochs)) == [0, 1, 2]  # an epoch was logged twice ...
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert len(history["initial"]["loss"]) == 3  # ... and counted once
+
+
 def test_resume_keeps_the_best_checkpoint_and_the_whole_history(interrupted_run, tmp_path):
     _copy(interrupted_run, tmp_path)
     data, val = _train_data(), _val_data()
