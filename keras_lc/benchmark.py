@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_lc.layers.stage_head import check_rho
+from keras_lc.metrics import stage_share
 
 
 def _cascade_fn(model):
@@ -90,7 +91,7 @@ def benchmark_cascade(model, images, rhos=(1.0, 0.995, 0.985, 0.95, 0.9, 0.8), r
             t, (_, stage) = _seconds(cascade, images, r)
             if round_ >= warmup:
                 times[r].append(t)
-            shares[r] = (np.bincount(stage.numpy().ravel(), minlength=4)[1:] / stage.numpy().size).tolist()
+            shares[r] = stage_share(stage.numpy())
     dense_s = float(np.median(times["dense"]))
     result = {
         "batch": batch,

@@ -41,23 +41,13 @@ def _add_data_args(p, num_images):
 
 
 def _dataset(args, split, shuffle=False):
-    from keras_lc.data import synthetic
+    from keras_lc.data.sources import load_split
 
-    if args.data != "synthetic":
-        from keras_lc.data import directory_dataset
-
-        if not args.data_dir:
-            raise SystemExit(f"keras-lc: --data {args.data} needs --data-dir")
-        training = shuffle and split == "train"
-        return directory_dataset(args.data_dir, split, args.batch_size, training=training,
-                                 crop_size=(args.crop, args.crop), seed=args.seed, layout=args.data)
-
-    seed = args.seed if split == "train" else args.seed + 1000
-    n = args.num_images if split == "train" else getattr(args, "val_images", args.num_images)
-    if getattr(args, "split", None) == "train":
-        seed, n = args.seed, args.num_images
-    return synthetic(n, args.image_size, args.image_size, args.num_classes, seed=seed,
-                     batch_size=args.batch_size, shuffle=shuffle)
+    n = args.num_images if split == "train" or getattr(args, "split", None) == "train" else \
+        getattr(args, "val_images", args.num_images)
+    return load_split(args.data, split, args.data_dir, args.batch_size, training=shuffle and split == "train",
+                      crop=args.crop, seed=args.seed, num_images=n, image_size=args.image_size,
+                      num_classes=args.num_classes)
 
 
 def _class_names(args, model):
@@ -262,8 +252,7 @@ def _read_images(paths):
 
 
 def cmd_predict(args):
-    import numpy as np
-
+    from keras_lc.metrics import stage_share
     from keras_lc.viz import stage_panel, write_png
 
     if args.server:
@@ -284,7 +273,7 @@ def cmd_predict(args):
         labels = result["labels"][0].numpy()
         stage = result["stage"][0].numpy()
         write_png(out / f"{name}.png", stage_panel(image, labels, stage, model.num_classes, truth))
-        share = np.bincount(stage.ravel(), minlength=4)[1:] / stage.size
+        share = stage_share(stage)
         print(f"{name}: stage 1/2/3 decided " + " / ".join(f"{100 * s:.1f}%" for s in share))
     cols = "image | " + ("ground truth | " if items[0][2] is not None else "") + "labels | deciding stage"
     print(f"[keras-lc] wrote {len(items)} PNG panels ({cols}; stage green=1, orange=2, red=3) to {out}/")
@@ -293,24 +282,11 @@ def cmd_predict(args):
 def _images_and_truth(args, model):
     if getattr(args, "images", None):
         return [(Path(p).stem, im, None) for p, im in zip(args.images, _read_images(args.images))]
-    if getattr(args, "data", "synthetic") != "synthetic":
-        from keras_lc.data import list_pairs, read_info
-        from keras_lc.data.datasets import decode_example
+    from keras_lc.data.sources import labelled_images
 
-        if not args.data_dir:
-            raise SystemExit(f"keras-lc: --data {args.data} needs --data-dir")
-        info = read_info(args.data_dir, args.data)
-        images, labels = list_pairs(args.data_dir, args.split, args.data)
-        items = []
-        for ip, lp in list(zip(images, labels))[: args.num_images]:
-            image, label = decode_example(ip, lp, info["num_classes"], info["ignore_class"], args.data)
-            items.append((Path(ip).stem, image.numpy(), label.numpy()))
-        return items
-    from keras_lc.data import synthetic_arrays
-
-    ims, lbs = synthetic_arrays(args.num_images, args.image_size, args.image_size, model.num_classes,
-                                seed=args.seed + 1000)
-    return [(f"synthetic_{i:03d}", ims[i], lbs[i]) for i in range(len(ims))]
+    return labelled_images(getattr(args, "data", "synthetic"), getattr(args, "split", "val"),
+                           getattr(args, "data_dir", None), args.num_images, args.image_size, model.num_classes,
+                           seed=args.seed)
 
 
 def cmd_visualize(args):
@@ -495,8 +471,7 @@ def cmd_serve(args):
 
 
 def _predict_remote(args, items):
-    import numpy as np
-
+    from keras_lc.metrics import stage_share
     from keras_lc.viz import stage_panel, write_png
 
     if args.protocol == "triton":
@@ -522,7 +497,7 @@ def _predict_remote(args, items):
         labels, stage = result["labels"][0], result["stage"][0]
         num_classes = int(max(labels.max() + 1, 2))
         write_png(out / f"{name}.png", stage_panel(image, labels, stage, num_classes, truth))
-        share = np.bincount(stage.ravel(), minlength=4)[1:] / stage.size
+        share = stage_share(stage)
         print(f"{name}: stage 1/2/3 decided " + " / ".join(f"{100 * s:.1f}%" for s in share))
     print(f"[keras-lc] wrote {len(items)} PNGs from {args.protocol} at {args.server} to {out}/")
 

@@ -16,6 +16,12 @@ def _check_labels(labels, num_classes, ignore_class):
         )
 
 
+def stage_share(stage):
+    """Share of the pixels of a stage map (uint8 1..3, any shape) decided at stages 1, 2, 3: a list of 3."""
+    stage = np.asarray(stage)
+    return (np.bincount(stage.ravel(), minlength=4)[1:4] / max(stage.size, 1)).tolist()
+
+
 def _checked(labels, num_classes, ignore_class):
     labels = np.asarray(labels)
     if labels.ndim == 4 and labels.shape[-1] == 1:

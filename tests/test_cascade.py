@@ -209,8 +209,6 @@ def test_bad_construction():
         build_model("tiny", num_classes=3, ignore_class=1, **SMALL)
     with pytest.raises(ValueError, match="training_mode"):
         build_model("tiny", num_classes=3, training_mode="warm", **SMALL)
-    with pytest.raises(ValueError, match="input_shape"):
-        build_model("tiny", num_classes=3, input_shape=(32, 32, 1), **SMALL)
     with pytest.raises(ValueError, match="Bad argument"):
         build_model("tiny", num_classes=3, depth=7)
 

@@ -66,7 +66,7 @@ BACKBONES = {"tiny": _tiny, "irnet": _irnet, "resnet50": _resnet("resnet50"), "r
 BACKBONES |= {v: _lite(v) for v in LITE_VARIANTS}
 
 
-def build_model(backbone="tiny", num_classes=5, rho=0.985, input_shape=(None, None, 3), ignore_class=None,
+def build_model(backbone="tiny", num_classes=5, rho=0.985, ignore_class=None,
                 training_mode="cascade", dense_threshold="auto", class_weights=None, loss_weights=None, label_keep=None,
                 weights=None, loss_resolution="stage", head="plain", aspp_rates=None, **backbone_kwargs):
     """Build a LayerCascade on a named backbone.
@@ -78,7 +78,6 @@ def build_model(backbone="tiny", num_classes=5, rho=0.985, input_shape=(None, No
             "_lite2" (EfficientNet-Lite-LC; `output_stride=16` (default) or 8, `head_channels=128`).
         num_classes: int K (labels 0..K-1).
         rho: float in (0, 1].
-        input_shape: `(H, W, 3)`, H and W may be None.
         ignore_class: int or None, the void label.
         training_mode: "initial" or "cascade".
         dense_threshold: see `LayerCascade`; "auto" (default) takes the backbone's measured
@@ -105,9 +104,6 @@ def build_model(backbone="tiny", num_classes=5, rho=0.985, input_shape=(None, No
     check_rho(rho)
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2; got {num_classes!r}.")
-    input_shape = tuple(input_shape)
-    if len(input_shape) != 3 or input_shape[-1] != 3:
-        raise ValueError(f"input_shape must be (H, W, 3); got {input_shape}.")
     try:
         stages, head_kwargs = BACKBONES[backbone](**backbone_kwargs)
     except TypeError as e:
@@ -128,7 +124,7 @@ def build_model(backbone="tiny", num_classes=5, rho=0.985, input_shape=(None, No
         loss_weights=loss_weights, label_keep=label_keep, loss_resolution=loss_resolution, name=f"lc_{backbone}",
         preprocessing="efficientnet_lite" if backbone in LITE_VARIANTS else "symmetric",
     )
-    model.build((None, *input_shape))
+    model.build((None, None, None, 3))  # fully convolutional: any image size
     if weights is not None:
         from keras_lc.models.weights import load_imagenet_weights
 
