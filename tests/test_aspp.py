@@ -107,3 +107,24 @@ def test_plain_head_weight_paths_unchanged():
     head.build((None, None, None, 5))
     assert [w.path.split("/", 1)[1] for w in head.weights] == [
         "conv/kernel", "norm/gamma", "norm/beta", "classifier/kernel", "classifier/bias"]
+
+
+def test_aspp_model_exports_to_savedmodel_and_onnx(tmp_path):
+    import onnxruntime as ort
+
+    from keras_lc.export import export_onnx, export_savedmodel
+
+    tf.keras.utils.set_random_seed(2)
+    model = build_model("tiny", num_classes=4, rho=0.9, ignore_class=4, head="aspp", aspp_rates=(1, 3), **SMALL)
+    images = np.random.default_rng(3).integers(0, 256, size=(2, 32, 40, 3)).astype(np.uint8)
+    rho = float(np.quantile(model(images, rho=1.0)["stage1"].numpy().max(-1), 0.5))
+    ref = model(images, rho=rho)
+    saved = tf.saved_model.load(str(export_savedmodel(model, tmp_path / "sm", "lc", 1)))
+    out = saved.signatures["serving_rho"](images=tf.constant(images), rho=tf.constant(rho))
+    np.testing.assert_array_equal(out["labels"], ref["labels"])
+    np.testing.assert_array_equal(out["stage"], ref["stage"])
+    session = ort.InferenceSession(str(export_onnx(model, tmp_path / "m.onnx")), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in session.get_outputs()],
+                   session.run(None, {"images": images, "rho": np.array(rho, np.float32)})))
+    np.testing.assert_array_equal(got["stage"], ref["stage"])
+    assert np.mean(got["labels"] == ref["labels"].numpy()) > 0.999
