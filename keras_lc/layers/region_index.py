@@ -217,3 +217,18 @@ def as_region_index(region, dense=False):
     if region is None:
         raise ValueError("A region is required: a bool tensor [B, H, W] or a RegionIndex.")
     return RegionIndex(region, dense=dense)
+
+
+def resize_nearest(x, height, width):
+    """Nearest-neighbour resize of `[B, H, W, ...]` by index gathers (any dtype, exact).
+
+    Used for label maps and stage maps, where interpolation would invent values.
+    """
+    in_h, in_w = tf.shape(x)[1], tf.shape(x)[2]
+
+    def centres(n_in, n_out):
+        pos = (tf.range(n_out, dtype=tf.float32) + 0.5) * tf.cast(n_in, tf.float32) / tf.cast(n_out, tf.float32)
+        return tf.minimum(tf.cast(tf.floor(pos), tf.int32), n_in - 1)
+
+    x = tf.gather(x, centres(in_h, height), axis=1)
+    return tf.gather(x, centres(in_w, width), axis=2)
