@@ -156,10 +156,7 @@ def cmd_train(args):
     print(f"[keras-lc] training LC-{args.backbone} ({model.count_params():,} parameters) on {described}; "
           f"{strategy.num_replicas_in_sync} replica(s), global batch {args.batch_size}, {args.precision}; "
           f"output in {args.out}")
-    train_cascade(model, train, val, args.out, args.initial_epochs, args.cascade_epochs, args.learning_rate,
-                  cascade_learning_rate=args.cascade_learning_rate, lr_schedule=args.lr_schedule,
-                  save_freq=args.save_every if args.save_every > 0 else "epoch", strategy=strategy,
-                  optimizer=args.optimizer, callbacks=callbacks,
+    train_cascade(model, train, val, config=config, strategy=strategy, callbacks=callbacks,
                   verbose=1 if sys.stdout.isatty() else 2)
     if watchdog is not None:
         watchdog.stop()

@@ -34,8 +34,13 @@ def train_cascade(
     optimizer="adam",
     lr_schedule="constant",
     verbose=1,
+    config=None,
 ):
     """Train a LayerCascade: `initial_epochs` in "initial" mode, then `cascade_epochs` in "cascade" mode.
+
+    With `config` (a `keras_lc.config.TrainConfig`, what `keras-lc train` and the recipes build), its
+    epochs, learning rates, optimizer, schedule, `save_every` and `out` are used instead of the
+    corresponding arguments.
 
     Everything lands in `out_dir`: `model.keras` (final), `best.keras` (best
     validation mIoU of the cascade phase, when `val_data` is given),
@@ -60,6 +65,11 @@ def train_cascade(
         dict `{phase: history dict}`: the epochs run by this call (a resumed
         phase lists only the epochs run after the resume).
     """
+    if config is not None:
+        out_dir, initial_epochs, cascade_epochs = config.out, config.initial_epochs, config.cascade_epochs
+        learning_rate, cascade_learning_rate = config.learning_rate, config.cascade_learning_rate
+        optimizer, lr_schedule = config.optimizer, config.lr_schedule
+        save_freq = config.save_every if config.save_every > 0 else "epoch"
     if cascade_learning_rate is None:
         cascade_learning_rate = CASCADE_LR_FACTOR * learning_rate
     histories = {}

@@ -320,3 +320,15 @@ def test_corrupt_keras_files_are_named_not_missing(tmp_path):
     (tmp_path / "hurt.keras").write_bytes(bytes(data))
     with pytest.raises(SystemExit, match="hurt.keras is not a valid .keras file"):
         main(["evaluate", str(tmp_path / "hurt.keras")])
+
+
+def test_train_cascade_takes_the_typed_config(tmp_path):
+    from keras_lc.config import TrainConfig
+
+    config = TrainConfig(initial_epochs=2, cascade_epochs=1, learning_rate=1e-3, lr_schedule="cosine",
+                         out=str(tmp_path / "run"))
+    model = build_model("tiny", num_classes=3, ignore_class=3, **SMALL)
+    histories = train_cascade(model, _train_data(), None, tmp_path / "ignored", initial_epochs=9, config=config,
+                              tensorboard=False, verbose=0)
+    assert [len(histories[p]["loss"]) for p in ("initial", "cascade")] == [2, 1]
+    assert (tmp_path / "run" / "model.keras").is_file() and not (tmp_path / "ignored").exists()
