@@ -34,7 +34,7 @@ lint: install
 	$(BIN)/ruff check .
 
 test: install lint
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)   # two workers (2 cores), one per test file
 
 test-all: install
 	$(BIN)/python -m pytest -q -m "" $(PYTEST_ARGS)
