@@ -27,7 +27,7 @@ def _head(channels=6, num_classes=4, rates=RATES):
 def _keras_aspp_logits(head, x):
     """The dense ASPP from stock Keras layers, the head's weights copied in."""
     total = 0.0
-    for (conv, norm, classifier), rate in zip(head.branches, head.aspp_rates):
+    for (conv, norm, classifier), rate in zip(head.branches(), head.aspp_rates):
         c = keras.layers.Conv2D(head.hidden_channels, 3, dilation_rate=rate, padding="same", use_bias=False)
         c.build(x.shape)
         c.set_weights(conv.get_weights())
@@ -101,12 +101,28 @@ def test_default_rates_and_errors():
         TrainConfig(head="aspp", aspp_rates="6,x")
 
 
-def test_plain_head_weight_paths_unchanged():
-    """Saved plain heads keep loading: their weights live at conv/norm/classifier, as before ASPP."""
-    head = StageHead(3, hidden_channels=4)
-    head.build((None, None, None, 5))
-    assert [w.path.split("/", 1)[1] for w in head.weights] == [
-        "conv/kernel", "norm/gamma", "norm/beta", "classifier/kernel", "classifier/bias"]
+def test_plain_head_weight_paths_unchanged(tmp_path):
+    """Saved plain heads keep loading: the file keeps their weights at conv/norm/classifier, as before ASPP,
+    and the committed models load without a warning."""
+    import io
+    import warnings
+    import zipfile
+    from pathlib import Path
+
+    import h5py
+
+    model = build_model("tiny", num_classes=3, **SMALL)
+    model.save(tmp_path / "m.keras")
+    with zipfile.ZipFile(tmp_path / "m.keras") as z, h5py.File(io.BytesIO(z.read("model.weights.h5"))) as f:
+        assert sorted(f["heads/stage_head"]) == ["classifier", "conv", "norm", "vars"]
+    aspp = build_model("tiny", num_classes=3, head="aspp", aspp_rates=(1, 2), **SMALL)
+    aspp.save(tmp_path / "a.keras")
+    with zipfile.ZipFile(tmp_path / "a.keras") as z, h5py.File(io.BytesIO(z.read("model.weights.h5"))) as f:
+        assert sorted(f["heads/stage_head"]) == ["aspp_classifiers", "aspp_convs", "aspp_norms", "vars"]
+    for path in sorted((Path(__file__).parents[1] / "saved_models").glob("*.keras")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            keras.models.load_model(path)
 
 
 def test_aspp_model_exports_to_savedmodel_and_onnx(tmp_path):

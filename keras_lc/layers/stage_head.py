@@ -114,9 +114,11 @@ class StageHead(keras.layers.Layer):
             convs, norms, classifiers = zip(*[branch(f"aspp{i}_", 3, r) for i, r in enumerate(self.aspp_rates)])
             self.aspp_convs, self.aspp_norms, self.aspp_classifiers = list(convs), list(norms), list(classifiers)
 
-    @property
     def branches(self):
-        """`[(conv, norm, classifier), ...]`: one for the plain head, one per rate for ASPP."""
+        """`[(conv, norm, classifier), ...]`: one for the plain head, one per rate for ASPP.
+
+        A method, not a property: Keras' saving walks a layer's attributes, and a list-valued
+        property would file the weights a second time under its own name (and warn on older files)."""
         if self.aspp_rates is None:
             return [(self.conv, self.norm, self.classifier)]
         return list(zip(self.aspp_convs, self.aspp_norms, self.aspp_classifiers))
@@ -132,7 +134,7 @@ class StageHead(keras.layers.Layer):
         return rates
 
     def build(self, input_shape):
-        for conv, norm, classifier in self.branches:
+        for conv, norm, classifier in self.branches():
             conv.build(input_shape)
             norm.build((None, self.hidden_channels))
             classifier.build((None, None, None, self.hidden_channels))
@@ -141,7 +143,7 @@ class StageHead(keras.layers.Layer):
         index = as_region_index(region)
         index.check_features(inputs, "StageHead inputs")
         logits = []
-        for conv, norm, classifier in self.branches:
+        for conv, norm, classifier in self.branches():
             t = tf.nn.relu(norm(conv.apply_at(inputs, index)))
             logits.append(tf.cast(classifier.apply_compact(t), tf.float32))
         logits = tf.add_n(logits)  # ASPP: the branches' logits summed (DeepLab-v2)
