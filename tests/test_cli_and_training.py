@@ -202,11 +202,17 @@ def test_train_flags_reach_the_library(tmp_path, monkeypatch):
     cli.main(["train", "--backbone", "irnet", "--block-counts", "1,1,1", "--num-images", "2", "--image-size", "32",
               "--save-every", "7", "--cascade-learning-rate", "1e-4", "--out", str(tmp_path)])
     assert [s.num_blocks for s in seen["model"].stages] == [1, 1, 1]
-    assert seen["save_freq"] == 7 and seen["cascade_learning_rate"] == 1e-4
+    assert seen["config"].save_every == 7 and seen["config"].cascade_learning_rate == 1e-4
+    assert seen["config"].out == str(tmp_path)
     cli.main(["train", "--channels", "16", "--head-channels", "8", "--num-images", "2", "--image-size", "32",
               "--out", str(tmp_path)])
     assert [h.hidden_channels for h in seen["model"].heads] == [8, 8, 8]
     assert seen["model"].stages[1].channels == 16
+    cli.main(["train", "--channels", "16", "--num-images", "2", "--image-size", "32", "--head", "aspp",
+              "--aspp-rates", "1,2", "--loss-resolution", "input", "--out", str(tmp_path)])
+    assert seen["model"].heads[0].aspp_rates == (1, 2) and seen["model"].loss_resolution == "input"
+    with pytest.raises(SystemExit, match="aspp_rates needs head"):
+        cli.main(["train", "--aspp-rates", "1,2", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="--block-counts"):
         cli.main(["train", "--backbone", "irnet", "--block-counts", "a,b", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="--imagenet-weights file not found"):
