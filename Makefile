@@ -18,7 +18,7 @@ $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/keras-lc train --out $(DEMO) --rho 0.995 --loss-resolution input
+	$(BIN)/keras-lc train --out $(DEMO) --rho 0.995 --loss-resolution input --num-images 512
 	$(BIN)/keras-lc evaluate $(DEMO)/model.keras --json $(DEMO)/eval.json
 	$(BIN)/keras-lc evaluate $(DEMO)/model.keras --rho 1 --json $(DEMO)/eval_rho1.json
 	$(BIN)/keras-lc predict $(DEMO)/model.keras --out $(DEMO)/predictions
