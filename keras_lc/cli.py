@@ -188,7 +188,7 @@ def cmd_tune_crf(args):
 
     model = _load(args.model)
     try:
-        crf_lib._densecrf()
+        crf_lib.require_densecrf()
     except ImportError as e:
         raise SystemExit(f"keras-lc: {e}") from None
     if args.rho is not None:

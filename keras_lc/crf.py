@@ -20,7 +20,8 @@ PARAMS_FILE = "crf.json"  # written next to a model by `keras-lc tune-crf`
 _MISSING = "dense CRF needs the pydensecrf2 package: pip install 'keras_lc[crf]' (or pip install pydensecrf2)"
 
 
-def _densecrf():
+def require_densecrf():
+    """The pydensecrf2 module; an ImportError naming the extra to install when it is missing."""
     try:
         import pydensecrf.densecrf as dcrf
     except ImportError:
@@ -60,7 +61,7 @@ def dense_crf(image, probs, params=None):
     Returns:
         int32 `[H, W]` labels (the argmax of the CRF's marginals).
     """
-    dcrf = _densecrf()
+    dcrf = require_densecrf()
     from pydensecrf.utils import unary_from_softmax
 
     params = check_params(params)

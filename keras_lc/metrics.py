@@ -68,7 +68,7 @@ def evaluate_cascade(model, dataset, rho=None, class_names=None, scales=None, fl
         from keras_lc import crf as crf_lib
 
         crf = crf_lib.check_params(crf)
-        crf_lib._densecrf()  # a missing package fails before the model runs
+        crf_lib.require_densecrf()  # a missing package fails before the model runs
 
     @tf.function(reduce_retracing=True)
     def forward(images):
