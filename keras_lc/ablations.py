@@ -30,8 +30,7 @@ def lc_label_keep(lc_dir):
     return (1.0, 1.0 - share1, share3)
 
 
-def train_variant(variant, build, train_data, val_data, root, initial_epochs, cascade_epochs, learning_rate,
-                  rho, label_keep=None, name=None, lr_schedule="constant", verbose=2):
+def train_variant(variant, build, train_data, val_data, root, config, label_keep=None, name=None, verbose=2):
     """Train one variant of Table 2 into `<root>/<variant>` (resumable) and return the model.
 
     Args:
@@ -39,14 +38,15 @@ def train_variant(variant, build, train_data, val_data, root, initial_epochs, ca
         build: a function of no arguments returning a fresh `LayerCascade`.
         train_data, val_data: `(images, labels)` datasets.
         root: folder of all variants (`<root>/initial` holds the shared initial phase).
-        initial_epochs, cascade_epochs: the budget (every variant gets their sum).
-        learning_rate: the initial phase's; later phases use 0.3× (as `train_cascade`).
-        rho: the LC threshold (for lc and model_cascade).
+        config: a `keras_lc.config.TrainConfig`; its budget (`initial_epochs`, `cascade_epochs`: every
+            variant gets their sum), `learning_rate` (the initial phase's), `cascade_learning_rate`
+            (later phases'; default 0.3× as `train_cascade`), `optimizer`, `lr_schedule` ("constant"
+            or "cosine", for every phase, see `train_phase`) and `rho` (the LC threshold, for lc and
+            model_cascade). Its `out` is not used: `root` is.
         label_keep: for dsn_dropout, the 3 keep probabilities (default: LC's, read from
             `<root>/lc/history.json`).
         name: the run's folder under `root` (default: the variant), e.g. "lc_rho0.9" for
             LC trained at another ρ (the paper's Table 1 trains one LC per ρ).
-        lr_schedule: "constant" or "cosine", for every phase (see `train_phase`).
 
     Returns:
         `(model, eval_rho)`: the trained model (final weights) and the ρ to evaluate it at.
@@ -58,9 +58,11 @@ def train_variant(variant, build, train_data, val_data, root, initial_epochs, ca
     root = Path(root)
     out = root / (name or variant)
     model = build()
+    rho, initial_epochs, cascade_epochs = config.rho, config.initial_epochs, config.cascade_epochs
+    learning_rate = config.learning_rate
+    low_lr = config.cascade_learning_rate or CASCADE_LR_FACTOR * learning_rate
     model.rho = rho
-    low_lr = CASCADE_LR_FACTOR * learning_rate
-    common = dict(lr_schedule=lr_schedule, verbose=verbose)  # every phase's shared options
+    common = dict(lr_schedule=config.lr_schedule, optimizer=config.optimizer, verbose=verbose)  # every phase's
 
     def shared_initial():
         train_phase(model, train_data, val_data, root / "initial", "initial", initial_epochs, learning_rate,

