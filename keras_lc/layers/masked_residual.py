@@ -71,10 +71,10 @@ class MaskedResidual(keras.layers.Layer):
     def apply_compact(self, values, index, training=None):
         """The block on compact features: `[N, C]` at the region pixels -> `[N, C]`.
 
-        Needs a branch with `apply_from_compact` (its first convs are 1×1, so they need no
+        Needs a branch whose `compact_input` is true (its first convs are 1×1, so they need no
         neighbours). Consecutive blocks then keep the trunk compact: see `residual_blocks`.
         """
-        update = self.branch.apply_from_compact(values, index, training=training)
+        update = self.branch.apply_compact(values, index, training=training)
         if self.scale != 1.0:
             update = update * tf.cast(self.scale, update.dtype)
         h = values + update
@@ -144,9 +144,11 @@ class RegionBottleneck(keras.layers.Layer):
         self.expand.build((None, None, None, b))
 
     def apply_at(self, x, index, training=None):
-        return self.apply_from_compact(index.gather(x), index, training=training)
+        return self.apply_compact(index.gather(x), index, training=training)
 
-    def apply_from_compact(self, values, index, training=None):
+    compact_input = True  # the first conv is 1×1
+
+    def apply_compact(self, values, index, training=None):
         """Compact input `[N, C]` -> compact output (the first conv is 1×1: no neighbours needed)."""
         t = self.reduce.apply_compact(values)
         t = tf.nn.relu(self.norm1(t))
@@ -190,7 +192,7 @@ def residual_blocks(blocks, x, index, training=None):
         `(dense, compact)`: the updated map `[B, H, W, C]` and the trunk at the region
         pixels `[N, C]` (for a dense index, the map itself).
     """
-    if index.dense or not all(hasattr(b.branch, "apply_from_compact") for b in blocks):
+    if index.dense or not all(getattr(b.branch, "compact_input", False) for b in blocks):
         for block in blocks:
             x = block(x, region=index, training=training)
         return x, index.gather(x)

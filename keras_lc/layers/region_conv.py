@@ -113,7 +113,12 @@ class RegionConv2D(keras.layers.Layer):
             y = tf.matmul(patches, tf.reshape(kernel, [-1, self.filters]))
         return self._finish(y)
 
-    def apply_compact(self, values):
+    @property
+    def compact_input(self):
+        """Whether `apply_compact` works: 1×1 kernels need no neighbours."""
+        return self.is_pointwise
+
+    def apply_compact(self, values, index=None, training=None):
         """Compact input -> compact output; only for 1×1 kernels (no neighbours needed)."""
         if not self.is_pointwise:
             raise ValueError("apply_compact needs a 1x1 kernel; use apply_at for k×k kernels.")

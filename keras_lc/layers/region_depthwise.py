@@ -73,7 +73,9 @@ class RegionDepthwiseConv2D(keras.layers.Layer):
             return tf.nn.depthwise_conv2d(x, kernel, [1, strides, strides, 1], "SAME")
         return tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME", dilations=self.dilation_rate)
 
-    def apply_compact(self, values, index):
+    compact_input = True  # `apply_compact` takes compact rows (neighbours through the index)
+
+    def apply_compact(self, values, index, training=None):
         """Compact input -> compact output at the region pixels.
 
         Sparse index: `[N, C]` -> `[N, C]`. Dense index: `[B, H, W, C]` maps whose values

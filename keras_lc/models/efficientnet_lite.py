@@ -146,7 +146,9 @@ class MBConvBlock(keras.layers.Layer):
         inv = tf.math.rsqrt(tf.cast(bn.moving_variance, t.dtype) + bn.epsilon) * tf.cast(bn.gamma, t.dtype)
         return tf.nn.relu6((t - tf.cast(bn.moving_mean, t.dtype)) * inv + tf.cast(bn.beta, t.dtype))
 
-    def apply_compact(self, values, index):
+    compact_input = True  # expand is 1×1, the depthwise conv reads neighbours through the index
+
+    def apply_compact(self, values, index, training=None):
         """The block on compact values (`[N, Cin]` sparse, or a full map for a dense index,
         values outside the region unspecified) -> compact `[N, Cout]` (residual included)."""
         t = self.expand.apply_compact(values) if self.expand is not None else values

@@ -31,7 +31,7 @@ class RegionConvBN(keras.layers.Layer):
     uses `use_bias=True, bn_scale=True, epsilon=1.001e-5`; EfficientNet-Lite `bn_scale=True` and
     `activation="relu6"` (or None). `conv_name`/`bn_name` set the
     sublayer names (default `<name>_conv`, `<name>_bn`).
-    `apply_at(x_dense, index)` → compact values; `apply_compact(t)` for 1×1 kernels.
+    `apply_at(x_dense, index)` → compact values; `apply_compact(t)` for 1×1 kernels (`compact_input`).
     """
 
     def __init__(self, filters, kernel_size, dilation_rate=1, activation="relu", use_bias=False, bn_scale=False,
@@ -64,7 +64,11 @@ class RegionConvBN(keras.layers.Layer):
     def apply_at(self, x, index, training=None):
         return self._finish(self.conv.apply_at(x, index))
 
-    def apply_compact(self, t):
+    @property
+    def compact_input(self):
+        return self.conv.is_pointwise
+
+    def apply_compact(self, t, index=None, training=None):
         return self._finish(self.conv.apply_compact(t))
 
     def conv_bn_pairs(self):
@@ -139,7 +143,9 @@ class InceptionResNetBranch(keras.layers.Layer):
         mixed = tf.concat([_chain(branch, x, index) for branch in self.branches], axis=-1)
         return self.up.apply_compact(mixed)
 
-    def apply_from_compact(self, values, index, training=None):
+    compact_input = True  # every branch starts with a 1×1 conv
+
+    def apply_compact(self, values, index, training=None):
         """Compact input `[N, C]` -> compact output: every branch starts with a 1×1 conv."""
         mixed = tf.concat([_chain(branch, values, index, compact=True) for branch in self.branches], axis=-1)
         return self.up.apply_compact(mixed)

@@ -55,7 +55,9 @@ class BottleneckBranch(keras.layers.Layer):
         t = b.apply_at(t if (index.dense and strides != 1) else index.scatter_for_conv(t), index)
         return c.apply_compact(t)
 
-    def apply_from_compact(self, values, index, training=None):
+    compact_input = True  # the first conv is 1×1 (stride 1)
+
+    def apply_compact(self, values, index, training=None):
         """Compact input `[N, C]` -> compact output (stride 1; the first conv is 1×1)."""
         a, b, c = self.units
         t = b.apply_at(index.scatter_for_conv(a.apply_compact(values)), index)
