@@ -369,6 +369,11 @@ def cmd_export(args):
     from keras_lc.export import version_folder
 
     out = Path(args.out if args.out else "saved_models")
+    if (args.scales or args.flip) and (args.triton or args.format == "onnx"):
+        raise SystemExit("keras-lc: --scales/--flip add a SavedModel signature; they do not go with --triton or "
+                         "--format onnx")
+    if args.flip and not args.scales:
+        raise SystemExit("keras-lc: --flip goes with --scales")
     if args.triton or args.format != "onnx":
         version_folder(out, args.name, args.version, args.overwrite)  # a taken version fails before the model loads
     model = _load(args.model, args.rho)
@@ -388,10 +393,13 @@ def cmd_export(args):
     else:
         from keras_lc.export import export_savedmodel
 
-        path = export_savedmodel(model, out, args.name, args.version, include_probs=args.probs,
-                                 overwrite=args.overwrite)
-        print(f"[keras-lc] wrote SavedModel {path}/ (signatures: serving_default, serving_rho, serving_image_bytes, "
-              f"serving_image_bytes_rho)")
+        try:
+            path = export_savedmodel(model, out, args.name, args.version, include_probs=args.probs,
+                                     overwrite=args.overwrite, scales=args.scales, flip=args.flip, fusion=args.fusion)
+        except ValueError as e:
+            raise SystemExit(f"keras-lc: {e}") from None
+        names = json.loads((path / "keras_lc.json").read_text())["signatures"]
+        print(f"[keras-lc] wrote SavedModel {path}/ (signatures: {', '.join(names)})")
 
 
 def cmd_serve(args):
@@ -616,6 +624,10 @@ def build_parser():
                    help="--triton: refuse requests with more pixels (B*H*W) than this (default four full-HD "
                         "frames; 0: no cap)")
     p.add_argument("--rho", type=_rho, default=None, help="the default rho of the export (default: the model's)")
+    p.add_argument("--scales", type=_scale, nargs="+", default=None,
+                   help="SavedModel: add a serving_multiscale signature at these scales (e.g. 1 1.5 2)")
+    p.add_argument("--flip", action="store_true", help="with --scales: each scale also mirrored")
+    p.add_argument("--fusion", default="mean", choices=["mean", "max"], help="with --scales: how they are fused")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", help="run the real Triton server on a model repository")

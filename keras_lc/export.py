@@ -9,10 +9,15 @@ so the per-request ρ comes as separate signatures rather than an optional input
 | `serving_rho`              | `images`, `rho` float32 scalar in (0, 1]       |
 | `serving_image_bytes`      | `image_bytes` string `[B]` (PNG/JPEG/BMP/GIF)  |
 | `serving_image_bytes_rho`  | `image_bytes`, `rho`                           |
+| `serving_multiscale`       | `images`, `rho` (only when exported with `scales`) |
 
 Outputs: `labels` int32 `[B, H, W]` (input resolution), `stage` uint8 `[B, H, W]`
 (the deciding stage), and `probs` float32 `[B, H, W, K]` only if exported with
 `include_probs=True`. Images of one request share one size.
+
+`serving_multiscale` is `LayerCascade.predict_multiscale` with the scales, flip and fusion fixed at
+export time (one graph, each scale a full cascade at the request's ρ): `labels`, `stage` (the deciding
+stage of the pass at the scale nearest 1) and, with `include_probs`, the fused `probs`.
 """
 
 import contextlib
@@ -48,8 +53,10 @@ def _decode(image_bytes):
     return tf.map_fn(one, image_bytes, fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
 
 
-def serving_functions(model, include_probs=False):
-    """The four serving `tf.function`s of `model`, keyed by signature name."""
+def serving_functions(model, include_probs=False, scales=None, flip=False, fusion="mean"):
+    """The serving `tf.function`s of `model`, keyed by signature name: the four of `SIGNATURES`,
+    and `serving_multiscale` when `scales` is given (with `flip` and `fusion`, as
+    `LayerCascade.predict_multiscale`)."""
 
     def outputs(images, rho):
         out = model.forward_details(_checked_images(images), rho=rho, training=False, dense=False)
@@ -78,12 +85,30 @@ def serving_functions(model, include_probs=False):
     def serving_image_bytes_rho(image_bytes, rho):
         return outputs(_decode(image_bytes), check_rho_tensor(rho))
 
-    return {
+    fns = {
         "serving_default": serving_default,
         "serving_rho": serving_rho,
         "serving_image_bytes": serving_image_bytes,
         "serving_image_bytes_rho": serving_image_bytes_rho,
     }
+    if scales is not None:
+        from keras_lc.models.cascade import FUSIONS, check_scales
+
+        scales = check_scales(scales)
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}; got {fusion!r}.")
+
+        @tf.function(input_signature=[images_spec, rho_spec])
+        def serving_multiscale(images, rho):
+            out = model.predict_multiscale(_checked_images(images), scales=scales, flip=flip,
+                                           rho=check_rho_tensor(rho), fusion=fusion)
+            result = {"labels": out["labels"], "stage": out["stage"]}
+            if include_probs:
+                result["probs"] = out["probs"]
+            return result
+
+        fns["serving_multiscale"] = serving_multiscale
+    return fns
 
 
 def version_folder(out_dir, name, version, overwrite=False):
@@ -133,29 +158,38 @@ def staged_folder(path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def export_savedmodel(model, out_dir="saved_models", name="lc", version=1, include_probs=False, overwrite=False):
+def export_savedmodel(model, out_dir="saved_models", name="lc", version=1, include_probs=False, overwrite=False,
+                      scales=None, flip=False, fusion="mean"):
     """Write a SavedModel in TF Serving's layout, `out_dir/<name>/<version>/`. Returns that path.
 
-    The model's current ρ becomes the default of the signatures without `rho`. An existing
-    version is an error unless `overwrite`; the export is built next to it and moved into place.
+    The model's current ρ becomes the default of the signatures without `rho`. With `scales`
+    (and `flip`, `fusion`), a `serving_multiscale` signature is added. An existing version is an
+    error unless `overwrite`; the export is built next to it and moved into place.
     """
     path = version_folder(out_dir, name, version, overwrite)
+    fns = serving_functions(model, include_probs, scales, flip, fusion)  # bad scales fail before any writing
     with staged_folder(path) as tmp:
-        _write_savedmodel(model, tmp, include_probs)
+        write_savedmodel(model, tmp, include_probs, fns,
+                          None if scales is None else {"scales": list(map(float, scales)), "flip": bool(flip),
+                                                       "fusion": fusion})
     return path
 
 
-def _write_savedmodel(model, path, include_probs):
+def write_savedmodel(model, path, include_probs=False, fns=None, multiscale=None):
+    """The SavedModel of `model` (signatures `fns`, default the four of `SIGNATURES`) and its
+    `keras_lc.json` written into the folder `path` (no version layout: what `export_savedmodel` and the
+    Triton repository stage). `multiscale`: the settings of a `serving_multiscale` signature, recorded."""
     module = tf.Module()
     module.model = model
-    fns = serving_functions(model, include_probs)
+    fns = fns or serving_functions(model, include_probs)
     for fn_name, fn in fns.items():
         setattr(module, fn_name, fn)
     tf.saved_model.save(module, str(path), signatures=fns)
-    (Path(path) / "keras_lc.json").write_text(
-        json.dumps({"num_classes": model.num_classes, "rho": model.rho, "ignore_class": model.ignore_class,
-                    "include_probs": include_probs, "signatures": list(SIGNATURES)}, indent=1)
-    )
+    info = {"num_classes": model.num_classes, "rho": model.rho, "ignore_class": model.ignore_class,
+            "include_probs": include_probs, "signatures": list(fns)}
+    if multiscale is not None:
+        info["multiscale"] = multiscale
+    (Path(path) / "keras_lc.json").write_text(json.dumps(info, indent=1))
     return path
 
 

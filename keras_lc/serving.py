@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_lc.export import _write_savedmodel, export_onnx, staged_folder, version_folder
+from keras_lc.export import export_onnx, staged_folder, version_folder, write_savedmodel
 
 # --------------------------------------------------------------------------- repository
 # The Triton Python-backend model is a real module (keras_lc/triton_model.py), copied as <version>/model.py.
@@ -71,7 +71,7 @@ def write_triton_repository(model, repository, name="lc", version=1, fmt="savedm
         if fmt == "onnx":
             export_onnx(model, tmp_vdir / "model.onnx", include_probs=include_probs)
         else:
-            _write_savedmodel(model, tmp_vdir / "model.savedmodel", include_probs)
+            write_savedmodel(model, tmp_vdir / "model.savedmodel", include_probs)
         (tmp_vdir / "keras_lc.json").write_text(json.dumps(
             {"num_classes": model.num_classes, "rho": model.rho, "ignore_class": model.ignore_class, "format": fmt,
              "include_probs": include_probs, "max_pixels": max_pixels}, indent=1))

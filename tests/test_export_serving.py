@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import socket
@@ -84,6 +85,33 @@ def test_probs_only_when_asked(model, tmp_path, inputs):
     assert out["probs"].shape == (2, 32, 40, 4)
     with pytest.raises(ValueError, match="version"):
         export_savedmodel(model, tmp_path, "lcp", 0)
+
+
+def test_multiscale_signature_is_predict_multiscale(model, tmp_path, inputs, capsys):
+    from keras_lc import cli
+
+    path = export_savedmodel(model, tmp_path, "ms", 1, include_probs=True, scales=(1.0, 0.5), flip=True, fusion="max")
+    loaded = tf.saved_model.load(str(path))
+    assert set(loaded.signatures) == {*SIGNATURES, "serving_multiscale"}
+    x = inputs["scenes"]
+    for rho in (1.0, 0.6):
+        out = loaded.signatures["serving_multiscale"](images=tf.constant(x), rho=tf.constant(rho))
+        ref = model.predict_multiscale(x, scales=(1.0, 0.5), flip=True, rho=rho, fusion="max")
+        np.testing.assert_array_equal(out["labels"], ref["labels"])
+        np.testing.assert_array_equal(out["stage"], ref["stage"])
+        np.testing.assert_allclose(out["probs"], ref["probs"], atol=1e-5)
+    assert json.loads((path / "keras_lc.json").read_text())["multiscale"] == {"scales": [1.0, 0.5], "flip": True,
+                                                                              "fusion": "max"}
+    with pytest.raises(ValueError, match="scales"):
+        export_savedmodel(model, tmp_path, "ms", 2, scales=())
+    assert not (tmp_path / "ms" / "2").exists()
+    # the CLI: the signature is listed; --scales with ONNX is a one-line refusal
+    model_file = tmp_path / "m.keras"
+    model.save(model_file)
+    cli.main(["export", str(model_file), "--out", str(tmp_path), "--name", "cli", "--scales", "1", "1.5"])
+    assert "serving_multiscale" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="do not go with"):
+        cli.main(["export", str(model_file), "--out", str(tmp_path), "--format", "onnx", "--scales", "1"])
 
 
 def test_onnx_matches_tensorflow(model, tmp_path, inputs):
