@@ -10,13 +10,6 @@ SMALL = dict(width=16, stem_channels=8, stage1_blocks=1, bottleneck_channels=16,
              stage2_dilations=(2,), stage3_dilations=(2, 4), head_channels=16)
 
 
-def blob_region(shape, fraction, seed):
-    """Blob-shaped bool regions [B, H, W] covering about `fraction` of the pixels (the library's)."""
-    from keras_lc.benchmark import blob_region as library_blob_region
-
-    return library_blob_region(tuple(shape), fraction, seed)
-
-
 @pytest.fixture(scope="session")
 def small_model():
     from keras_lc import build_model

@@ -4,9 +4,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SMALL, blob_region
+from conftest import SMALL
 
 from keras_lc import build_model
+from keras_lc.benchmark import blob_region
 from keras_lc.config import TrainConfig
 from keras_lc.layers import RegionIndex
 from keras_lc.layers.stage_head import StageHead

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import blob_region
 
+from keras_lc.benchmark import blob_region
 from keras_lc.layers import RegionIndex
 from keras_lc.layers.region_depthwise import RegionDepthwiseConv2D
 from keras_lc.models.efficientnet_lite import EfficientNetLiteStage, MBConvBlock, block_specs
@@ -84,6 +84,17 @@ def test_depthwise_gradients_match_masked_dense(method):
 
 
 # ------------------------------------------------------------------ MBConv blocks and stages
+def _keras_bn(bn, t):
+    """Keras' BatchNormalization in inference mode on a map (the layers are built for [N, C] rows)."""
+    return tf.reshape(bn(tf.reshape(t, [-1, t.shape[-1]]), training=False), tf.shape(t))
+
+
+def _unit_reference(unit, x):
+    """A RegionConvBN unit computed with Keras' own BatchNormalization (inference mode), not folded."""
+    t = _keras_bn(unit.bn, tf.nn.convolution(x, unit.conv.kernel, padding="SAME"))
+    return {"relu6": tf.nn.relu6, "relu": tf.nn.relu, None: tf.identity}[unit.activation](t)
+
+
 @pytest.mark.parametrize("cin,cout,expand,kernel,dilation", [(8, 8, 6, 3, 2), (8, 12, 6, 5, 1), (8, 8, 1, 3, 1)])
 @pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
 def test_mbconv_region_equals_masked_dense(cin, cout, expand, kernel, dilation, fraction):
@@ -94,10 +105,12 @@ def test_mbconv_region_equals_masked_dense(cin, cout, expand, kernel, dilation, 
     region = blob_region((2, 9, 11), fraction, seed=5) if 0 < fraction < 1 else np.full((2, 9, 11), fraction > 0)
     y = block(x, region)
     mask = region[..., None].astype(np.float32)
-    # reference: the expanded features are zero outside M before the depthwise conv; output h = x + branch in M
-    t = block.expand.apply_compact(x) * mask if block.expand is not None else x * mask
-    t = block._depthwise_finish(block.depthwise.apply_dense(t)) * mask
-    t = block.project.apply_compact(t)
+    # reference (Keras BN layers, no folding): the expanded features are zero outside M before the depthwise
+    # conv; output h = x + branch in M
+    t = _unit_reference(block.expand, x) * mask if block.expand is not None else x * mask
+    t = tf.nn.depthwise_conv2d(t, block.depthwise.kernel, [1, 1, 1, 1], "SAME", dilations=block.depthwise.dilation_rate)
+    t = tf.nn.relu6(_keras_bn(block.depthwise_bn, t)) * mask
+    t = _unit_reference(block.project, t)
     want = x + t * mask if cin == cout else t * mask
     np.testing.assert_allclose(y, want, atol=1e-4)
     np.testing.assert_allclose(block(x, region=RegionIndex(region, dense=True)), want, atol=1e-4)

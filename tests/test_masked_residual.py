@@ -2,8 +2,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import blob_region
 
+from keras_lc.benchmark import blob_region
 from keras_lc.layers import MaskedResidual, RegionBottleneck, RegionConv2D, RegionIndex, StageHead
 
 

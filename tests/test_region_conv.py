@@ -2,8 +2,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import blob_region
 
+from keras_lc.benchmark import blob_region
 from keras_lc.layers import RegionConv2D, RegionIndex
 
 KERNELS = [1, 3, (1, 7), (7, 1)]

@@ -4,8 +4,8 @@ gathered rows gives what the map path gives at the region's pixels, for every la
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import blob_region
 
+from keras_lc.benchmark import blob_region
 from keras_lc.layers import RegionBottleneck, RegionConv2D, RegionIndex
 from keras_lc.models.efficientnet_lite import MBConvBlock
 from keras_lc.models.inception_resnet_v2 import InceptionResNetBranch

@@ -92,18 +92,21 @@ class RegionConv2D(keras.layers.Layer):
         )
 
     # ---------------------------------------------------------------- compute
-    def _finish(self, y):
-        if self.use_bias:
-            y = y + tf.cast(self.bias, y.dtype)
+    def _finish(self, y, bias=None):
+        if bias is not None:
+            y = tf.nn.bias_add(y, bias)  # BiasAdd (not AddV2): oneDNN fuses it into the conv/matmul
+        elif self.use_bias:
+            y = tf.nn.bias_add(y, tf.cast(self.bias, y.dtype))
         return self.activation(y) if self.activation is not None else y
 
-    def apply_at(self, x, index, training=None):
+    def apply_at(self, x, index, training=None, kernel=None, bias=None):
         """Dense input `[B, H, W, C]` -> compact output at the region pixels.
 
         Compact means `[N, F]` for a sparse index and `[B, H, W, F]` (values outside
         the region unspecified) for a dense one; finish with `index.scatter`.
+        `kernel`/`bias` replace the layer's (a caller that folds a frozen BN into them).
         """
-        kernel = tf.cast(self.kernel, x.dtype)
+        kernel = tf.cast(self.kernel if kernel is None else kernel, x.dtype)
         if index.dense:
             y = tf.nn.convolution(x, kernel, padding="SAME", dilations=self.dilation_rate)
         elif self.is_pointwise:
@@ -111,20 +114,34 @@ class RegionConv2D(keras.layers.Layer):
         else:
             patches = index.gather_neighbourhoods(x, self.kernel_size, self.dilation_rate)
             y = tf.matmul(patches, tf.reshape(kernel, [-1, self.filters]))
-        return self._finish(y)
+        return self._finish(y, bias)
 
     @property
     def compact_input(self):
         """Whether `apply_compact` works: 1×1 kernels need no neighbours."""
         return self.is_pointwise
 
-    def apply_compact(self, values, index=None, training=None):
-        """Compact input -> compact output; only for 1×1 kernels (no neighbours needed)."""
+    def apply_compact(self, values, index=None, training=None, kernel=None, bias=None):
+        """Compact input -> compact output; only for 1×1 kernels (no neighbours needed).
+        `kernel`/`bias` replace the layer's (as in `apply_at`)."""
         if not self.is_pointwise:
             raise ValueError("apply_compact needs a 1x1 kernel; use apply_at for k×k kernels.")
-        kernel = tf.cast(self.kernel[0, 0], values.dtype)
-        y = tf.tensordot(values, kernel, axes=[[values.shape.rank - 1], [0]])
-        return self._finish(y)
+        kernel = tf.cast(self.kernel if kernel is None else kernel, values.dtype)[0, 0]
+        if values.shape.rank == 2:
+            y = tf.matmul(values, kernel)
+        else:
+            y = tf.tensordot(values, kernel, axes=[[values.shape.rank - 1], [0]])
+        return self._finish(y, bias)
+
+    def apply_dense(self, x, strides=1, kernel=None, bias=None):
+        """The plain dense conv of a full map `[B, H, W, C]` (TF 'SAME' padding, any stride; a strided
+        conv is not dilated). `kernel`/`bias` replace the layer's (as in `apply_at`)."""
+        kernel = tf.cast(self.kernel if kernel is None else kernel, x.dtype)
+        if strides != 1:
+            y = tf.nn.convolution(x, kernel, strides=strides, padding="SAME")
+        else:
+            y = tf.nn.convolution(x, kernel, padding="SAME", dilations=self.dilation_rate)
+        return self._finish(y, bias)
 
     def call(self, inputs, region):
         index = as_region_index(region)

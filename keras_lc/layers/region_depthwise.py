@@ -66,29 +66,32 @@ class RegionDepthwiseConv2D(keras.layers.Layer):
         self.kernel = self.add_weight(name="kernel", shape=(*self.kernel_size, channels, 1),
                                       initializer=self.depthwise_initializer)
 
-    def apply_dense(self, x, strides=1):
-        """Plain dense depthwise conv of a full map `[B, H, W, C]` (TF 'SAME' padding, any stride)."""
-        kernel = tf.cast(self.kernel, x.dtype)
+    def apply_dense(self, x, strides=1, kernel=None):
+        """Plain dense depthwise conv of a full map `[B, H, W, C]` (TF 'SAME' padding, any stride).
+        `kernel` replaces the layer's (a caller that folds a frozen BN into it)."""
+        kernel = tf.cast(self.kernel if kernel is None else kernel, x.dtype)
         if strides != 1:  # TF does not combine strides and dilations; stride-2 blocks are never dilated
             return tf.nn.depthwise_conv2d(x, kernel, [1, strides, strides, 1], "SAME")
         return tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME", dilations=self.dilation_rate)
 
     compact_input = True  # `apply_compact` takes compact rows (neighbours through the index)
 
-    def apply_compact(self, values, index, training=None):
+    def apply_compact(self, values, index, training=None, kernel=None):
         """Compact input -> compact output at the region pixels.
 
         Sparse index: `[N, C]` -> `[N, C]`. Dense index: `[B, H, W, C]` maps whose values
         outside the region are unspecified -> the same (masked here before the conv).
+        `kernel` replaces the layer's (as in `apply_dense`).
         """
         if index.dense:
-            return self.apply_dense(values * tf.cast(index.mask, values.dtype))
+            return self.apply_dense(values * tf.cast(index.mask, values.dtype), kernel=kernel)
         if self.method == "map":
-            return index.gather(self.apply_dense(index.scatter(values)))
+            return index.gather(self.apply_dense(index.scatter(values), kernel=kernel))
         taps = index.compact_neighbours(self.kernel_size, self.dilation_rate)  # [N, kh*kw], N = zero row
         zero = tf.zeros(tf.stack([1, tf.shape(values)[1]]), values.dtype)
         padded = tf.concat([values, zero], axis=0)
-        kernel = tf.reshape(tf.cast(self.kernel, values.dtype), [-1, tf.shape(values)[1]])  # [kh*kw, C]
+        kernel = self.kernel if kernel is None else kernel
+        kernel = tf.reshape(tf.cast(kernel, values.dtype), [-1, tf.shape(values)[1]])  # [kh*kw, C]
         # One gather per tap, accumulated: the [N, kh*kw, C] patch tensor of a single gather would be
         # kh*kw times the expanded trunk (25x for the 5x5 kernels).
         out = None

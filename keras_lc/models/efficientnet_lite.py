@@ -141,10 +141,13 @@ class MBConvBlock(keras.layers.Layer):
         self.depthwise_bn.build((None, hidden))
         self.project.build((None, None, None, hidden))
 
-    def _depthwise_finish(self, t):
-        bn = self.depthwise_bn  # frozen BN as a per-channel affine map (valid on compact values)
-        inv = tf.math.rsqrt(tf.cast(bn.moving_variance, t.dtype) + bn.epsilon) * tf.cast(bn.gamma, t.dtype)
-        return tf.nn.relu6((t - tf.cast(bn.moving_mean, t.dtype)) * inv + tf.cast(bn.beta, t.dtype))
+    def _depthwise_folded(self, dtype):
+        """The depthwise kernel `[kh, kw, C, 1]` and bias `[C]` with the frozen BN folded in (one
+        depthwise conv + BiasAdd instead of the conv and three elementwise passes over the map)."""
+        bn = self.depthwise_bn
+        scale = tf.math.rsqrt(tf.cast(bn.moving_variance, dtype) + bn.epsilon) * tf.cast(bn.gamma, dtype)
+        kernel = tf.cast(self.depthwise.kernel, dtype) * scale[:, None]
+        return kernel, tf.cast(bn.beta, dtype) - tf.cast(bn.moving_mean, dtype) * scale
 
     compact_input = True  # expand is 1×1, the depthwise conv reads neighbours through the index
 
@@ -152,14 +155,16 @@ class MBConvBlock(keras.layers.Layer):
         """The block on compact values (`[N, Cin]` sparse, or a full map for a dense index,
         values outside the region unspecified) -> compact `[N, Cout]` (residual included)."""
         t = self.expand.apply_compact(values) if self.expand is not None else values
-        t = self._depthwise_finish(self.depthwise.apply_compact(t, index))
+        kernel, bias = self._depthwise_folded(t.dtype)
+        t = tf.nn.relu6(tf.nn.bias_add(self.depthwise.apply_compact(t, index, kernel=kernel), bias))
         t = self.project.apply_compact(t)
         return values + t if self.residual else t
 
     def apply_dense(self, x):
         """The plain block on every pixel (any stride): `[B, H, W, Cin]` -> `[B, H/s, W/s, Cout]`."""
         t = self.expand.apply_compact(x) if self.expand is not None else x
-        t = self._depthwise_finish(self.depthwise.apply_dense(t, self.strides))
+        kernel, bias = self._depthwise_folded(t.dtype)
+        t = tf.nn.relu6(tf.nn.bias_add(self.depthwise.apply_dense(t, self.strides, kernel=kernel), bias))
         t = self.project.apply_compact(t)
         return x + t if self.residual else t
 
@@ -237,8 +242,7 @@ class EfficientNetLiteStage(keras.layers.Layer):
         if self.stage == 1 or self.output_stride == 32 and region is None:
             x = inputs
             if self.stem is not None:
-                kernel = tf.cast(self.stem.conv.kernel, x.dtype)
-                x = self.stem._finish(tf.nn.convolution(x, kernel, strides=2, padding="SAME"))
+                x = self.stem.apply_dense(x, strides=2)
             for block in self.blocks:
                 x = block.apply_dense(x)
             return x
