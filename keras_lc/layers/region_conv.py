@@ -128,10 +128,12 @@ class RegionConv2D(keras.layers.Layer):
             raise ValueError("apply_compact needs a 1x1 kernel; use apply_at for k×k kernels.")
         kernel = tf.cast(self.kernel if kernel is None else kernel, values.dtype)[0, 0]
         if values.shape.rank == 2:
-            y = tf.matmul(values, kernel)
-        else:
-            y = tf.tensordot(values, kernel, axes=[[values.shape.rank - 1], [0]])
-        return self._finish(y, bias)
+            return self._finish(tf.matmul(values, kernel), bias)
+        # a map: one 2-D matmul with its bias on the flattened pixels (MatMul + BiasAdd fuse; after a
+        # reshape, as tensordot would leave it, they do not)
+        rows = tf.reshape(values, [-1, tf.shape(values)[-1]])
+        y = self._finish(tf.matmul(rows, kernel), bias)
+        return tf.reshape(y, tf.concat([tf.shape(values)[:-1], [self.filters]], axis=0))
 
     def apply_dense(self, x, strides=1, kernel=None, bias=None):
         """The plain dense conv of a full map `[B, H, W, C]` (TF 'SAME' padding, any stride; a strided
