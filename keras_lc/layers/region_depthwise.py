@@ -76,17 +76,20 @@ class RegionDepthwiseConv2D(keras.layers.Layer):
 
     compact_input = True  # `apply_compact` takes compact rows (neighbours through the index)
 
-    def apply_compact(self, values, index, training=None, kernel=None):
+    def apply_compact(self, values, index, training=None, kernel=None, finish=None):
         """Compact input -> compact output at the region pixels.
 
         Sparse index: `[N, C]` -> `[N, C]`. Dense index: `[B, H, W, C]` maps whose values
         outside the region are unspecified -> the same (masked here before the conv).
-        `kernel` replaces the layer's (as in `apply_dense`).
+        `kernel` replaces the layer's (as in `apply_dense`); `finish`, a per-pixel function
+        (bias, activation), is applied to the conv's output: on the map before the rows are
+        read back, where oneDNN fuses it into the depthwise conv.
         """
+        finish = finish or (lambda t: t)
         if index.dense:
-            return self.apply_dense(values * tf.cast(index.mask, values.dtype), kernel=kernel)
+            return finish(self.apply_dense(values * tf.cast(index.mask, values.dtype), kernel=kernel))
         if self.method == "map":
-            return index.gather(self.apply_dense(index.scatter(values), kernel=kernel))
+            return index.gather(finish(self.apply_dense(index.scatter(values), kernel=kernel)))
         taps = index.compact_neighbours(self.kernel_size, self.dilation_rate)  # [N, kh*kw], N = zero row
         zero = tf.zeros(tf.stack([1, tf.shape(values)[1]]), values.dtype)
         padded = tf.concat([values, zero], axis=0)
@@ -98,7 +101,7 @@ class RegionDepthwiseConv2D(keras.layers.Layer):
         for t in range(self.kernel_size[0] * self.kernel_size[1]):
             term = tf.gather(padded, taps[:, t]) * kernel[t]
             out = term if out is None else out + term
-        return out
+        return finish(out)
 
     def call(self, inputs, region):
         index = as_region_index(region)

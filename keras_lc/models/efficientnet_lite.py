@@ -156,7 +156,7 @@ class MBConvBlock(keras.layers.Layer):
         values outside the region unspecified) -> compact `[N, Cout]` (residual included)."""
         t = self.expand.apply_compact(values) if self.expand is not None else values
         kernel, bias = self._depthwise_folded(t.dtype)
-        t = tf.nn.relu6(tf.nn.bias_add(self.depthwise.apply_compact(t, index, kernel=kernel), bias))
+        t = self.depthwise.apply_compact(t, index, kernel=kernel, finish=lambda y: tf.nn.relu6(tf.nn.bias_add(y, bias)))
         t = self.project.apply_compact(t)
         return values + t if self.residual else t
 
