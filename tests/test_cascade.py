@@ -305,3 +305,36 @@ def test_loss_at_input_resolution_counts_thin_structures():
     np.testing.assert_allclose(float(a[1]), ce[:, :, :4].mean(), rtol=1e-5)
     with pytest.raises(ValueError, match="loss_resolution"):
         build_model("tiny", num_classes=4, loss_resolution="full", **SMALL)
+
+
+def test_compute_paths_of_steps_and_rho_tensors(images):
+    """The cascade train step fixes the region path (no data-dependent switch under the gradient tape: a
+    TensorFlow executor error with ASPP heads at full size); a ρ tensor ≥ 1 runs the dense graph whole."""
+    tf.keras.utils.set_random_seed(1)
+    model = build_model("tiny", num_classes=4, rho=0.9, ignore_class=4, dense_threshold=0.5, **SMALL)
+    seen = []
+    run_stage = model.run_stage
+
+    def spy(k, *args, **kwargs):
+        seen.append((k, kwargs.get("path", "auto")))
+        return run_stage(k, *args, **kwargs)
+
+    model.run_stage = spy
+    labels = np.zeros(images.shape[:3], np.int32)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.train_step((tf.constant(images), tf.constant(labels)))
+    assert {p for k, p in seen if k > 1} == {"region"}
+    model.training_mode = "initial"
+    seen.clear()
+    model.train_step((tf.constant(images), tf.constant(labels)))
+    assert {p for k, p in seen if k > 1} == {"dense"}
+    seen.clear()
+    out = model.forward_details(images, rho=tf.constant(1.0))  # eager: the branch ρ picks runs
+    assert {p for k, p in seen if k > 1} == {"dense"}
+    np.testing.assert_allclose(out["probs"], model.forward_details(images, rho=1.0)["probs"], atol=1e-6)
+    seen.clear()
+    low = model.forward_details(images, rho=tf.constant(0.7))
+    assert {p for k, p in seen if k > 1} == {"auto"}
+    np.testing.assert_allclose(low["probs"], model.forward_details(images, rho=0.7)["probs"], atol=1e-6)
+    with pytest.raises(ValueError, match="path must be"):
+        model.forward_details(images, path="auto")

@@ -320,7 +320,7 @@ class LayerCascade(CascadeSteps, keras.Model):
         fraction = tf.reduce_mean(tf.cast(region, tf.float32))
         return tf.cond(fraction >= self.dense_threshold, lambda: run(True), lambda: run(False))
 
-    def forward_details(self, inputs, rho=None, training=False, dense=None, forward_all=False):
+    def forward_details(self, inputs, rho=None, training=False, dense=None, forward_all=False, path=None):
         """The forward pass with its internals: what the steps, `bench`, export and analysis use.
 
         Args:
@@ -334,6 +334,10 @@ class LayerCascade(CascadeSteps, keras.Model):
                 that `bench` compares against).
             forward_all: bool; the initial (DSN) step: every stage computes every pixel
                 densely and every pixel counts as reaching stage 3.
+            path: None (the default: "dense" with `dense`, else the model's per-stage switch, and,
+                for a ρ tensor, the dense graph whenever ρ ≥ 1) or a fixed compute path of stages
+                2–3, "region" or "dense" (same numbers; the train step fixes "region": gradients
+                through a data-dependent switch hit a TensorFlow executor error with ASPP heads).
 
         Returns:
             dict with, at the stage resolution `[B, h, w]` (output stride 4 or 8):
@@ -360,7 +364,17 @@ class LayerCascade(CascadeSteps, keras.Model):
         else:
             rho = check_rho_tensor(rho)
 
-        path = "dense" if dense or forward_all else "auto"
+        if path not in (None, "region", "dense"):
+            raise ValueError(f"path must be None, 'region' or 'dense'; got {path!r}.")
+        if path is None and not (dense or forward_all) and static_rho is None and self.dense_threshold is not None:
+            # ρ is a tensor (as in the SavedModel signatures): at ρ ≥ 1 every pixel is forwarded, so run the
+            # dense graph as a whole; one switch here costs less than the per-stage switches it skips.
+            return tf.cond(rho >= 1.0, lambda: self._forward(x, in_h, in_w, rho, training, "dense"),
+                           lambda: self._forward(x, in_h, in_w, rho, training, "auto"))
+        return self._forward(x, in_h, in_w, rho, training, path or ("dense" if dense or forward_all else "auto"))
+
+    def _forward(self, x, in_h, in_w, rho, training, path):
+        """`forward_details` on preprocessed images at a ρ tensor, stages 2–3 on `path`."""
         s1 = self.run_stage(1, x, rho=rho, training=training)
         s2 = self.run_stage(2, s1["features"], s1["next_region"], rho=rho, path=path, training=training)
         s3 = self.run_stage(3, s2["features"], s2["next_region"], rho=rho, path=path, training=training)

@@ -134,7 +134,8 @@ class CascadeSteps:
     def train_step(self, data):
         images, labels = self._unpack(data)
         with tf.GradientTape() as tape:
-            out = self.forward_details(images, training=True, forward_all=self._training_mode == "initial")
+            initial = self._training_mode == "initial"
+            out = self.forward_details(images, training=True, forward_all=initial, path=None if initial else "region")
             if self.label_keep is not None:
                 out = self._drop_labels(out)
             losses = self.stage_losses(out, labels)
