@@ -69,9 +69,11 @@ def serving_functions(model, include_probs=False, scales=None, flip=False, fusio
     bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
     rho_spec = tf.TensorSpec([], tf.float32, name="rho")
 
+    rho_now = model.rho  # a Python number while tracing: at ρ = 1 the dense graph, with no switch in it
+
     @tf.function(input_signature=[images_spec])
     def serving_default(images):
-        return outputs(images, model.rho_tensor)
+        return outputs(images, rho_now)
 
     @tf.function(input_signature=[images_spec, rho_spec])
     def serving_rho(images, rho):
@@ -79,7 +81,7 @@ def serving_functions(model, include_probs=False, scales=None, flip=False, fusio
 
     @tf.function(input_signature=[bytes_spec])
     def serving_image_bytes(image_bytes):
-        return outputs(_decode(image_bytes), model.rho_tensor)
+        return outputs(_decode(image_bytes), rho_now)
 
     @tf.function(input_signature=[bytes_spec, rho_spec])
     def serving_image_bytes_rho(image_bytes, rho):

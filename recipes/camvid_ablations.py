@@ -55,7 +55,10 @@ train, val = datasets_for_config(config)
 
 def build():
     keras.utils.set_random_seed(config.seed)  # every variant starts from the same initial weights
-    return model_for_config(config, info)[0]
+    model, weights = model_for_config(config, info)
+    if weights:
+        print(f"[ablations] loaded ImageNet weights from {weights}", flush=True)
+    return model
 
 
 table_file = Path(args.out) / "table2.json"
