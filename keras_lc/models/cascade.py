@@ -366,18 +366,19 @@ class LayerCascade(CascadeSteps, keras.Model):
 
         if path not in (None, "region", "dense"):
             raise ValueError(f"path must be None, 'region' or 'dense'; got {path!r}.")
-        if path is None and not (dense or forward_all) and static_rho is None and self.dense_threshold is not None:
-            # ρ is a tensor (as in the SavedModel signatures): at ρ ≥ 1 every pixel is forwarded, so run the
-            # dense graph as a whole; one switch here costs less than the per-stage switches it skips.
-            return tf.cond(rho >= 1.0, lambda: self._forward(x, in_h, in_w, rho, training, "dense"),
-                           lambda: self._forward(x, in_h, in_w, rho, training, "auto"))
-        return self._forward(x, in_h, in_w, rho, training, path or ("dense" if dense or forward_all else "auto"))
-
-    def _forward(self, x, in_h, in_w, rho, training, path):
-        """`forward_details` on preprocessed images at a ρ tensor, stages 2–3 on `path`."""
         s1 = self.run_stage(1, x, rho=rho, training=training)
-        s2 = self.run_stage(2, s1["features"], s1["next_region"], rho=rho, path=path, training=training)
-        s3 = self.run_stage(3, s2["features"], s2["next_region"], rho=rho, path=path, training=training)
+
+        def later_stages(on):
+            s2 = self.run_stage(2, s1["features"], s1["next_region"], rho=rho, path=on, training=training)
+            s3 = self.run_stage(3, s2["features"], s2["next_region"], rho=rho, path=on, training=training)
+            return s2, s3
+
+        if path is None and not (dense or forward_all) and static_rho is None and self.dense_threshold is not None:
+            # ρ is a tensor (as in the SavedModel signatures): at ρ ≥ 1 every pixel is forwarded, so stages 2–3
+            # run densely with no per-stage switch (stage 1, the same either way, stays outside the switch).
+            s2, s3 = tf.cond(rho >= 1.0, lambda: later_stages("dense"), lambda: later_stages("auto"))
+        else:
+            s2, s3 = later_stages(path or ("dense" if dense or forward_all else "auto"))
         full, r2, r3 = tf.ones(tf.shape(s1["next_region"]), tf.bool), s1["next_region"], s2["next_region"]
         (l1, p1), (l2, p2), (l3, p3) = [(s["logits"], s["probs"]) for s in (s1, s2, s3)]
 
