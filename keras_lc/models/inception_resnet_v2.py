@@ -49,16 +49,6 @@ class RegionConvBN(keras.layers.Layer):
         self.conv.build(input_shape)
         self.bn.build((None, self.filters))
 
-    def _finish(self, t):
-        # Frozen BN computed directly (the layer only holds the variables): a per-channel affine map,
-        # valid on compact [N, C] and dense [B, H, W, C] values alike.
-        bn = self.bn
-        inv = tf.math.rsqrt(tf.cast(bn.moving_variance, t.dtype) + bn.epsilon)
-        if bn.scale:
-            inv = inv * tf.cast(bn.gamma, t.dtype)
-        t = (t - tf.cast(bn.moving_mean, t.dtype)) * inv + tf.cast(bn.beta, t.dtype)
-        return self._activate(t)
-
     def folded(self, dtype):
         """`(kernel, bias)` with the frozen BN folded in: conv(x, kernel) + bias == BN(conv(x) + conv bias).
 
@@ -288,8 +278,7 @@ class IRNetStage(keras.layers.Layer):
         if self.stage == 1:
             x = inputs
             for i, layer in enumerate(self.stem):
-                kernel = tf.cast(layer.conv.kernel, x.dtype)
-                x = layer._finish(tf.nn.convolution(x, kernel, strides=2 if i == 0 else 1, padding="SAME"))
+                x = layer.apply_dense(x, strides=2 if i == 0 else 1)
                 if i in (2, 4):  # the stem's two stride-2 max pools
                     x = tf.nn.max_pool2d(x, 3, 2, "SAME")
             full = RegionIndex(tf.ones(tf.shape(x)[:3], tf.bool), dense=True)

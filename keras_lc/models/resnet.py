@@ -47,8 +47,7 @@ class BottleneckBranch(keras.layers.Layer):
     def apply_at(self, x, index, training=None, strides=1):
         a, b, c = self.units
         if index.dense and strides != 1:
-            t = a._finish(tf.nn.convolution(x, tf.cast(a.conv.kernel, x.dtype), strides=strides, padding="SAME")
-                          + tf.cast(a.conv.bias, x.dtype))
+            t = a.apply_dense(x, strides)
         else:
             t = a.apply_at(x, index)
         # zeros outside the region between convs (in the strided dense stem block the region is all pixels)
@@ -114,8 +113,7 @@ class ResNetStage(keras.layers.Layer):
 
     def _projection_block(self, x, index, branch, shortcut, strides):
         if index.dense and strides != 1:
-            short = shortcut._finish(tf.nn.convolution(x, tf.cast(shortcut.conv.kernel, x.dtype), strides=strides,
-                                                       padding="SAME") + tf.cast(shortcut.conv.bias, x.dtype))
+            short = shortcut.apply_dense(x, strides)
             full = RegionIndex(tf.ones(tf.shape(short)[:3], tf.bool), dense=True)
             return tf.nn.relu(short + branch.apply_at(x, index, strides=strides)), full
         out = tf.nn.relu(shortcut.apply_at(x, index) + branch.apply_at(x, index))
@@ -124,8 +122,7 @@ class ResNetStage(keras.layers.Layer):
     def call(self, inputs, region=None, training=None):
         x = inputs
         if self.stage == 1:
-            k = tf.cast(self.conv1.conv.kernel, x.dtype)
-            x = self.conv1._finish(tf.nn.convolution(x, k, strides=2, padding="SAME") + self.conv1.conv.bias)
+            x = self.conv1.apply_dense(x, strides=2)
             x = tf.nn.max_pool2d(x, 3, 2, "SAME")
             index = RegionIndex(tf.ones(tf.shape(x)[:3], tf.bool), dense=True)
         else:
