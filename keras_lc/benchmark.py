@@ -173,20 +173,20 @@ def stage_times(model, images, rho=None, repeats=10, warmup=2, dense=False):
     @tf.function(reduce_retracing=True)
     def first(images):
         out = model.run_stage(1, model.preprocess(images), rho=rho_t)
-        return out["features"], out["probs"], out["next_region"]
+        return out["features"], out["probs"], out["next_region"], out["low_level"]
 
     def later(k):
         @tf.function(reduce_retracing=True)
-        def run(f, region):
-            out = model.run_stage(k, f, region, rho=rho_t, path="dense" if dense else "auto")
+        def run(f, region, low_level):
+            out = model.run_stage(k, f, region, rho=rho_t, path="dense" if dense else "auto", low_level=low_level)
             return out["features"], out["probs"], out["next_region"]
 
         return run
 
     second, third = later(2), later(3)
-    f1, _, r2 = first(images)
-    f2, _, r3 = second(f1, r2)
-    pieces = {"stage1": (first, (images,)), "stage2": (second, (f1, r2)), "stage3": (third, (f2, r3))}
+    f1, _, r2, low = first(images)
+    f2, _, r3 = second(f1, r2, low)
+    pieces = {"stage1": (first, (images,)), "stage2": (second, (f1, r2, low)), "stage3": (third, (f2, r3, low))}
     result = median_seconds(pieces, repeats, warmup)
     n = float(tf.size(r2))
     share2 = float(tf.reduce_sum(tf.cast(r2, tf.float32))) / n
@@ -233,14 +233,15 @@ def measure_crossover(model, images, fractions=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.
         raise ValueError(f"fractions must be numbers in (0, 1]; got {fractions}.")
     images = tf.convert_to_tensor(images)
     rho = tf.constant(1.0, tf.float32)
-    features = {2: model.stages[0](model.preprocess(images), training=False)}
+    first = model.run_stage(1, model.preprocess(images), rho=rho)
+    features, low = {2: first["features"]}, first["low_level"]
     full = tf.ones(tuple(features[2].shape[:3]), tf.bool)
-    features[3] = model.run_stage(2, features[2], full, rho=rho, path="dense")["features"]
+    features[3] = model.run_stage(2, features[2], full, rho=rho, path="dense", low_level=low)["features"]
 
     def stage_fn(k, path):
         @tf.function(reduce_retracing=True)
         def run(f, region):
-            return model.run_stage(k, f, region, rho=rho, path=path)["probs"]
+            return model.run_stage(k, f, region, rho=rho, path=path, low_level=low)["probs"]
 
         return run
 

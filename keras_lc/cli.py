@@ -518,9 +518,10 @@ def build_parser():
     p.add_argument("--loss-resolution", default="stage", choices=["stage", "input"],
                    help="stage: labels resized to the stage grid for the losses (DeepLab-v2); input: the stage "
                         "logits resized to the labels (thin classes keep their pixels)")
-    p.add_argument("--head", default="plain", choices=["plain", "aspp"],
-                   help="stage heads: plain (conv 3x3, conv 1x1) or aspp (DeepLab-v2: one 3x3 branch per rate, "
-                        "logits summed)")
+    p.add_argument("--head", default="plain", choices=["plain", "aspp", "decoder"],
+                   help="stage heads: plain (conv 3x3, conv 1x1), aspp (DeepLab-v2: one 3x3 branch per rate, "
+                        "logits summed) or decoder (EfficientNet-Lite: stride-4 features decoded per "
+                        "sub-pixel, DeepLabV3+-style)")
     p.add_argument("--aspp-rates", default=None,
                    help="--head aspp: dilation rates as A,B,C,... (default 6,12,18,24 scaled to the output stride)")
     p.add_argument("--block-counts", default=None,

@@ -54,7 +54,7 @@ class TrainConfig:
     CHOICES = {
         "backbone": BACKBONE_NAMES, "output_stride": (None, 8, 16), "optimizer": ("adam", "sgd"),
         "lr_schedule": ("constant", "cosine"), "class_weights": ("none", "median", "median-sqrt"),
-        "loss_resolution": ("stage", "input"), "head": ("plain", "aspp"),
+        "loss_resolution": ("stage", "input"), "head": ("plain", "aspp", "decoder"),
         "strategy": ("default", "mirrored", "multi_worker"), "data": ("synthetic", "camvid", "voc", "cityscapes"),
         "precision": ("float32", "mixed_float16", "mixed_bfloat16"),
     }

@@ -219,6 +219,13 @@ def as_region_index(region, dense=False):
     return RegionIndex(region, dense=dense)
 
 
+def repeat_cells(x, factor, height, width):
+    """Each cell of `[B, h, w, ...]` repeated over a `factor × factor` block, cropped to `[B, height, width, ...]`
+    (height ≤ factor·h): a stage-grid region or stage map on a finer output grid, exactly."""
+    x = tf.repeat(tf.repeat(x, factor, axis=1), factor, axis=2)
+    return x[:, :height, :width]
+
+
 def resize_nearest(x, height, width):
     """Nearest-neighbour resize of `[B, H, W, ...]` by index gathers (any dtype, exact).
 

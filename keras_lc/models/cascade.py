@@ -5,7 +5,7 @@ import math
 import keras
 import tensorflow as tf
 
-from keras_lc.layers.region_index import RegionIndex, resize_nearest
+from keras_lc.layers.region_index import RegionIndex, repeat_cells, resize_nearest
 from keras_lc.layers.stage_head import check_rho, check_rho_tensor
 from keras_lc.models.cascade_steps import _IMAGE_ERROR, CascadeSteps, clear_errors  # noqa: F401 - public here too
 
@@ -79,7 +79,8 @@ class LayerCascade(CascadeSteps, keras.Model):
         `"probs"` float32 `[B, H, W, K]` (the deciding stage's probabilities),
         `"stage"` uint8 `[B, H, W]` (1, 2 or 3: the deciding stage),
         `"stage1"`, `"stage2"`, `"stage3"` float32 `[B, h, w, K]`: each stage's
-        probabilities at the stage resolution, zeros where the stage did not run.
+        probabilities at the stage resolution (decoder heads: `[B, H/4, W/4, K]`), zeros
+        where the stage did not run.
     """
 
     def __init__(
@@ -109,6 +110,14 @@ class LayerCascade(CascadeSteps, keras.Model):
         heads = [keras.saving.deserialize_keras_object(h) if isinstance(h, dict) else h for h in heads]
         if len(stages) != 3 or len(heads) != 3:
             raise ValueError(f"LayerCascade needs 3 stages and 3 heads; got {len(stages)} and {len(heads)}.")
+        decoders = {getattr(h, "decoder_channels", None) is not None for h in heads}
+        if len(decoders) != 1 or len({getattr(h, "upsample", 1) for h in heads}) != 1:
+            raise ValueError("The three heads must all have a decoder (with one upsample factor) or none.")
+        self.decoder = decoders.pop()
+        self.upsample = getattr(heads[0], "upsample", 1)
+        if self.decoder and not hasattr(stages[0], "features_and_low_level"):
+            raise ValueError("Decoder heads need a stage 1 with low-level features (`features_and_low_level`; "
+                             "the EfficientNet-Lite backbones have it).")
         self.num_classes = int(num_classes)
         if ignore_class is not None and 0 <= int(ignore_class) < self.num_classes:
             raise ValueError(
@@ -272,7 +281,7 @@ class LayerCascade(CascadeSteps, keras.Model):
         """The model's ρ as a float32 scalar tensor (read from its variable: traced graphs see later changes)."""
         return tf.identity(self._rho)
 
-    def run_stage(self, k, features, region=None, *, rho=None, path="auto", training=False):
+    def run_stage(self, k, features, region=None, *, rho=None, path="auto", training=False, low_level=None):
         """Stage k (1, 2 or 3) and its head: the building block of the forward pass, public for
         benchmarks, export and analysis.
 
@@ -286,32 +295,43 @@ class LayerCascade(CascadeSteps, keras.Model):
             path: "auto" (dense from `dense_threshold` up), "region" (the region path whatever
                 the fraction) or "dense" (the masked dense computation: same numbers).
             training: bool.
+            low_level: stages 2–3 with decoder heads: stage 1's `low_level` output.
 
         Returns:
             dict: `features` (the stage's output), `probs` float32 `[B, h, w, K]` and `logits`
-            (zeros outside the region), `next_region` bool `[B, h, w]` (the pixels forwarded
-            to stage k + 1).
+            (zeros outside the region; decoder heads: `[B, H/4, W/4, K]`, zeros outside the
+            region's cells), `next_region` bool `[B, h, w]` (the pixels forwarded to stage
+            k + 1), `low_level` (stage 1 with decoder heads: its stride-4 features `[B, H/4,
+            W/4, C']`, which the later heads read; else None).
         """
         if k not in (1, 2, 3):
             raise ValueError(f"k must be 1, 2 or 3; got {k!r}.")
         if path not in ("auto", "region", "dense"):
             raise ValueError(f"path must be 'auto', 'region' or 'dense'; got {path!r}.")
         rho = self.rho_tensor if rho is None else tf.cast(rho, tf.float32)
+        head_kwargs = {"rho": rho, "return_logits": True, "training": training}
         if k == 1:
-            y = self.stages[0](features, training=training)
+            if self.decoder:
+                y, low_level = self.stages[0].features_and_low_level(features, training=training)
+                head_kwargs["low_level"] = low_level
+            else:
+                y = self.stages[0](features, training=training)
             index = RegionIndex(tf.ones(tf.shape(y)[:3], tf.bool), dense=True)
-            probs, next_region, logits = self.heads[0](y, region=index, rho=rho, return_logits=True,
-                                                       training=training)
-            return {"features": y, "probs": probs, "next_region": next_region, "logits": logits}
+            probs, next_region, logits = self.heads[0](y, region=index, **head_kwargs)
+            return {"features": y, "probs": probs, "next_region": next_region, "logits": logits,
+                    "low_level": low_level if self.decoder else None}
         if region is None:
             raise ValueError(f"stage {k} needs a region: a bool tensor [B, h, w].")
+        if self.decoder:
+            if low_level is None:
+                raise ValueError(f"stage {k} of a model with decoder heads needs low_level (stage 1's output).")
+            head_kwargs["low_level"] = low_level
 
         def run(use_dense):
             index = RegionIndex(region, dense=use_dense)
             y = self.stages[k - 1](features, region=index, training=training)
-            probs, next_region, logits = self.heads[k - 1](y, region=index, rho=rho, return_logits=True,
-                                                           training=training)
-            return {"features": y, "probs": probs, "next_region": next_region, "logits": logits}
+            probs, next_region, logits = self.heads[k - 1](y, region=index, **head_kwargs)
+            return {"features": y, "probs": probs, "next_region": next_region, "logits": logits, "low_level": None}
 
         if path == "dense":
             return run(True)
@@ -341,7 +361,8 @@ class LayerCascade(CascadeSteps, keras.Model):
 
         Returns:
             dict with, at the stage resolution `[B, h, w]` (output stride 4 or 8):
-            `logits` and `probs_per_stage`, lists of 3 float32 `[B, h, w, K]` (zeros outside
+            `logits` and `probs_per_stage`, lists of 3 float32 `[B, h, w, K]` (decoder heads:
+            `[B, H/4, W/4, K]`, see `at_output_grid`; zeros outside
             the stage's region); `regions`, list of 3 bool `[B, h, w]` (the pixels each stage
             computes; stage 1's is all true); and at the input resolution: `labels` int32
             `[B, H, W]`, `probs` float32 `[B, H, W, K]`, `stage` uint8 `[B, H, W]` (1..3, the
@@ -369,8 +390,9 @@ class LayerCascade(CascadeSteps, keras.Model):
         s1 = self.run_stage(1, x, rho=rho, training=training)
 
         def later_stages(on):
-            s2 = self.run_stage(2, s1["features"], s1["next_region"], rho=rho, path=on, training=training)
-            s3 = self.run_stage(3, s2["features"], s2["next_region"], rho=rho, path=on, training=training)
+            low = {"low_level": s1["low_level"]}
+            s2 = self.run_stage(2, s1["features"], s1["next_region"], rho=rho, path=on, training=training, **low)
+            s3 = self.run_stage(3, s2["features"], s2["next_region"], rho=rho, path=on, training=training, **low)
             return s2, s3
 
         if path is None and not (dense or forward_all) and static_rho is None and self.dense_threshold is not None:
@@ -383,7 +405,9 @@ class LayerCascade(CascadeSteps, keras.Model):
         (l1, p1), (l2, p2), (l3, p3) = [(s["logits"], s["probs"]) for s in (s1, s2, s3)]
 
         stage_low = 1 + tf.cast(r2, tf.uint8) + tf.cast(r3, tf.uint8)  # [B, h, w]
-        combined = tf.where(r3[..., None], p3, tf.where(r2[..., None], p2, p1))
+        fine = self.at_output_grid
+        stage_low = fine(stage_low, p1)  # decoder heads: each cell's sub-pixels, [B, H/4, W/4]
+        combined = tf.where(fine(r3, p1)[..., None], p3, tf.where(fine(r2, p1)[..., None], p2, p1))
         probs = tf.image.resize(combined, tf.stack([in_h, in_w]), method="bilinear")
         return {
             "logits": [l1, l2, l3],
@@ -393,6 +417,14 @@ class LayerCascade(CascadeSteps, keras.Model):
             "probs": probs,
             "stage": resize_nearest(stage_low, in_h, in_w),
         }
+
+    def at_output_grid(self, cells, like):
+        """A stage-grid map `[B, h, w, ...]` (regions, stage maps) on the heads' output grid (that of
+        `like`, `[B, H', W', K]`): itself for plain heads; each cell repeated over its sub-pixels
+        and cropped to `like` for decoder heads."""
+        if self.upsample == 1:
+            return cells
+        return repeat_cells(cells, self.upsample, tf.shape(like)[1], tf.shape(like)[2])
 
     def call(self, inputs, rho=None, training=False):
         out = self.forward_details(inputs, rho=rho, training=training)

@@ -81,6 +81,7 @@ class CascadeSteps:
         optimizer sums) add up to the loss of the global batch.
         """
         logits, regions = out["logits"], out["regions"]
+        regions = [self.at_output_grid(r, logits[0]) for r in regions]  # decoder heads: sub-pixels
         if self.loss_resolution == "input":
             size = tf.shape(labels)[1:3]
             logits = [tf.image.resize(x, size, method="bilinear") for x in logits]

@@ -238,6 +238,29 @@ class EfficientNetLiteStage(keras.layers.Layer):
         for block in self.blocks:
             block.build((None, None, None, block.input_channels))
 
+    LOW_LEVEL_GROUP = 2  # the last stride-4 group (24 channels in every variant): the decoder's features
+
+    def features_and_low_level(self, inputs, training=None):
+        """Stage 1's features and its stride-4 features for decoder heads.
+
+        Args:
+            inputs: preprocessed images `[B, H, W, 3]`.
+
+        Returns:
+            `(features [B, h, w, C], low_level [B, H/4, W/4, 24])` (low_level: the output of the
+            last block of group 2, "same"-padded sizes, e.g. 90×120 for 360×480).
+        """
+        if self.stage != 1:
+            raise ValueError("Only stage 1 has low-level features.")
+        if not self.built:  # called directly, not through __call__
+            self.build(inputs.shape)
+        x, low = self.stem.apply_dense(inputs, strides=2), None
+        for block, spec in zip(self.blocks, self.specs):
+            x = block.apply_dense(x)
+            if spec["group"] == self.LOW_LEVEL_GROUP:
+                low = x
+        return x, low
+
     def call(self, inputs, region=None, training=None):
         if self.stage == 1 or self.output_stride == 32 and region is None:
             x = inputs

@@ -54,7 +54,8 @@ DENSE_THRESHOLDS = {"tiny": 0.75, "irnet": 0.9, "resnet50": 0.9, "resnet101": 0.
 # Output stride of each backbone's stage grid, for the default ASPP rates: DeepLab-v2's 6/12/18/24 at output stride 8,
 # scaled to the grid (the same image distances).
 OUTPUT_STRIDES = {"tiny": 4, "irnet": 8, "resnet50": 8, "resnet101": 8}
-HEADS = ("plain", "aspp")
+HEADS = ("plain", "aspp", "decoder")
+DECODER_CHANNELS = 48  # DeepLabV3+'s low-level projection width
 
 
 def default_aspp_rates(output_stride):
@@ -83,8 +84,10 @@ def build_model(backbone="tiny", num_classes=5, rho=0.985, ignore_class=None,
         dense_threshold: see `LayerCascade`; "auto" (default) takes the backbone's measured
             crossover from `DENSE_THRESHOLDS`.
         class_weights, loss_weights, label_keep, loss_resolution: see `LayerCascade`.
-        head: "plain" (conv 3×3 → conv 1×1, the paper's LC heads) or "aspp" (DeepLab-v2's atrous
-            spatial pyramid pooling, one 3×3 branch per rate, logits summed) for every stage.
+        head: "plain" (conv 3×3 → conv 1×1, the paper's LC heads), "aspp" (DeepLab-v2's atrous
+            spatial pyramid pooling, one 3×3 branch per rate, logits summed) or "decoder"
+            (EfficientNet-Lite only: the plain head's hidden features and stage 1's stride-4
+            features decoded per sub-pixel, DeepLabV3+-style; outputs at stride 4) for every stage.
         aspp_rates: the ASPP dilation rates; None: DeepLab-v2's 6/12/18/24 scaled to the backbone's
             output stride (`default_aspp_rates`).
         weights: None (random init), "imagenet" (EfficientNet-Lite: the installed
@@ -117,6 +120,12 @@ def build_model(backbone="tiny", num_classes=5, rho=0.985, ignore_class=None,
         head_kwargs["aspp_rates"] = default_aspp_rates(stride) if aspp_rates is None else aspp_rates
     elif aspp_rates is not None:
         raise ValueError("aspp_rates needs head='aspp'.")
+    if head == "decoder":
+        if backbone not in LITE_VARIANTS:
+            raise ValueError(f"head='decoder' needs an EfficientNet-Lite backbone (stride-4 features); "
+                             f"got {backbone!r}.")
+        head_kwargs |= {"decoder_channels": DECODER_CHANNELS,
+                        "upsample": backbone_kwargs.get("output_stride", 16) // 4}
     heads = [StageHead(num_classes, name=f"head{k}", **head_kwargs) for k in (1, 2, 3)]
     model = LayerCascade(
         stages, heads, num_classes, rho=rho, ignore_class=ignore_class, training_mode=training_mode,
