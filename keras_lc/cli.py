@@ -524,6 +524,8 @@ def build_parser():
                         "sub-pixel, DeepLabV3+-style)")
     p.add_argument("--aspp-rates", default=None,
                    help="--head aspp: dilation rates as A,B,C,... (default 6,12,18,24 scaled to the output stride)")
+    p.add_argument("--loss-weights", default=None,
+                   help="weights of the three stage losses as A,B,C (default 1,1,1; 0,0,1 trains only the last head)")
     p.add_argument("--block-counts", default=None,
                    help="irnet: blocks per stage as A,B,C (default 5,10,5; 10,20,10 is the full network)")
     p.add_argument("--imagenet-weights", default=None,

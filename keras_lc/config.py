@@ -36,6 +36,7 @@ class TrainConfig:
     loss_resolution: str = "stage"
     head: str = "plain"
     aspp_rates: tuple | None = None
+    loss_weights: tuple | None = None
     save_every: int = 0
     val_images: int = 64
     out: str = "runs/demo"
@@ -90,6 +91,15 @@ class TrainConfig:
             if not rates or min(rates) < 1:
                 raise ValueError(f"aspp_rates (--aspp-rates) must be positive integers like 6,12,18,24; got {value!r}.")
             return rates
+        if name == "loss_weights":
+            try:
+                weights = tuple(float(w) for w in (value.split(",") if isinstance(value, str) else value))
+            except (TypeError, ValueError):
+                weights = ()
+            if len(weights) != 3 or min(weights) < 0 or max(weights) == 0:
+                raise ValueError(f"loss_weights (--loss-weights) must be three non-negative numbers, not all zero, "
+                                 f"like 0.3,0.3,1; got {value!r}.")
+            return weights
         if name == "block_counts":
             try:
                 counts = value.split(",") if isinstance(value, str) else list(value)
@@ -152,7 +162,8 @@ class TrainConfig:
         """The keyword arguments of `build_model` for the heads and the losses."""
         if self.aspp_rates and self.head != "aspp":
             raise ValueError("aspp_rates needs head = 'aspp' (--head aspp)")
-        return {"head": self.head, "aspp_rates": self.aspp_rates, "loss_resolution": self.loss_resolution}
+        return {"head": self.head, "aspp_rates": self.aspp_rates, "loss_resolution": self.loss_resolution,
+                "loss_weights": self.loss_weights}
 
     def backbone_kwargs(self):
         """The keyword arguments of `build_model` that this config's backbone takes."""

@@ -209,8 +209,12 @@ def test_train_flags_reach_the_library(tmp_path, monkeypatch):
     assert [h.hidden_channels for h in seen["model"].heads] == [8, 8, 8]
     assert seen["model"].stages[1].channels == 16
     cli.main(["train", "--channels", "16", "--num-images", "2", "--image-size", "32", "--head", "aspp",
-              "--aspp-rates", "1,2", "--loss-resolution", "input", "--out", str(tmp_path)])
+              "--aspp-rates", "1,2", "--loss-resolution", "input", "--loss-weights", "0.3,0.3,1",
+              "--out", str(tmp_path)])
     assert seen["model"].heads[0].aspp_rates == (1, 2) and seen["model"].loss_resolution == "input"
+    assert seen["model"].loss_weights == (0.3, 0.3, 1.0)
+    with pytest.raises(SystemExit, match=r"loss_weights \(--loss-weights\) must be three"):
+        cli.main(["train", "--loss-weights", "0,0,0", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="aspp_rates needs head"):
         cli.main(["train", "--aspp-rates", "1,2", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="--block-counts"):
