@@ -1,4 +1,4 @@
-"""What a head type costs: EfficientNet-Lite0 LC with each `head` (plain, aspp, decoder), ImageNet weights, side by side.
+"""What a head type costs: EfficientNet-Lite0 LC with each `head` (plain, aspp, decoder), ImageNet weights.
 
 Per head, alternating in every round (median of `--repeats`): the dense forward at ρ = 1 on one 360×480 frame
 (batch 1, uint8 in, labels out) and one initial-phase training step on 8 random 256² crops; plus the parameter count.
