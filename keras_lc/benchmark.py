@@ -34,7 +34,7 @@ def _dense_fn(model):
 def _seconds(fn, *args):
     start = time.perf_counter()
     result = fn(*args)
-    tf.nest.map_structure(lambda t: t.numpy(), result)  # wait for the values
+    tf.nest.map_structure(lambda t: None if t is None else t.numpy(), result)  # wait for the values
     return time.perf_counter() - start, result
 
 
