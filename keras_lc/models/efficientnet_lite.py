@@ -254,7 +254,13 @@ class EfficientNetLiteStage(keras.layers.Layer):
             raise ValueError("Only stage 1 has low-level features.")
         if not self.built:  # called directly, not through __call__
             self.build(inputs.shape)
-        x, low = self.stem.apply_dense(inputs, strides=2), None
+        return self._dense(inputs)
+
+    def _dense(self, x):
+        """Every block on every pixel: `(output, the last group-2 block's output or None)`."""
+        low = None
+        if self.stem is not None:
+            x = self.stem.apply_dense(x, strides=2)
         for block, spec in zip(self.blocks, self.specs):
             x = block.apply_dense(x)
             if spec["group"] == self.LOW_LEVEL_GROUP:
@@ -263,12 +269,7 @@ class EfficientNetLiteStage(keras.layers.Layer):
 
     def call(self, inputs, region=None, training=None):
         if self.stage == 1 or self.output_stride == 32 and region is None:
-            x = inputs
-            if self.stem is not None:
-                x = self.stem.apply_dense(x, strides=2)
-            for block in self.blocks:
-                x = block.apply_dense(x)
-            return x
+            return self._dense(inputs)[0]
         index = as_region_index(region)
         index.check_features(inputs, f"stage {self.stage} inputs")
         values = index.gather(inputs)  # compact trunk: one gather, one write-back at the end
