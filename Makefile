@@ -34,7 +34,7 @@ lint: install
 	$(BIN)/ruff check .
 
 test: install lint
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)   # two workers (2 cores), one per test file
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 $(PYTEST_ARGS)   # two workers (2 cores), one per test file; the 15 slowest listed
 
 test-all: install
 	$(BIN)/python -m pytest -q -m "" $(PYTEST_ARGS)
