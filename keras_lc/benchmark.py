@@ -75,7 +75,7 @@ def benchmark_cascade(model, images, rhos=(1.0, 0.995, 0.985, 0.95, 0.9, 0.8), r
     Returns:
         `{"dense": {"images_per_s", "seconds"}, "cascade": [{"rho", "images_per_s",
         "seconds", "speedup", "stage_share": [s1, s2, s3]}, ...], "batch", "height",
-        "width", "repeats", "tensor_rho"}`; with `ideal`, also `"stage_seconds": {"stage1",
+        "width", "repeats", "tensor_rho", "halo"}`; with `ideal`, also `"stage_seconds": {"stage1",
         "stage2", "stage3"}` (dense, heads included) and `"ideal_speedup"` per ρ.
     """
     rhos = [check_rho(r) for r in rhos]
@@ -95,6 +95,7 @@ def benchmark_cascade(model, images, rhos=(1.0, 0.995, 0.985, 0.95, 0.9, 0.8), r
         "width": int(images.shape[2]),
         "repeats": repeats,
         "tensor_rho": bool(tensor_rho),
+        "halo": model.halo,
         "dense": {"images_per_s": batch / dense_s, "seconds": dense_s},
         "cascade": [],
     }
@@ -309,4 +310,8 @@ def format_benchmark(result):
             "ideal: the speedup if stages 2-3 cost exactly the share of pixels reaching them (dense stage times "
             + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in t.items()) + ", heads included)"
         )
+    if result.get("halo"):
+        lines.append(f"halo {result['halo']}: stages 2-3 also compute {result['halo']} cell(s) around the pixels "
+                     "reaching them (context only), more than the shares above" + (
+                         "; the ideal column does not count it" if ideal else ""))
     return "\n".join(lines)

@@ -60,8 +60,9 @@ def _class_names(args, model):
     return class_names(model.num_classes)
 
 
-def _load(path, rho=None):
-    """The `.keras` model at `path` (a one-line error if it is missing or damaged), at ρ `rho` when given."""
+def _load(path, rho=None, halo=None):
+    """The `.keras` model at `path` (a one-line error if it is missing or damaged), at ρ `rho` and with
+    `halo` when given."""
     import zipfile
 
     import keras
@@ -81,7 +82,17 @@ def _load(path, rho=None):
         raise SystemExit(f"keras-lc: {path} is not a valid .keras file: {detail}") from None
     if rho is not None:
         model.rho = rho
+    if halo is not None:
+        if halo < 0:
+            raise SystemExit(f"keras-lc: --halo must be an integer >= 0; got {halo}")
+        model.halo = halo
     return model
+
+
+def _add_halo_arg(p):
+    p.add_argument("--halo", type=int, default=None,
+                   help="run stages 2-3 with this many cells of context around their region (default: the "
+                        "model's; 0 is the paper's region convolution)")
 
 
 def cmd_train(args):
@@ -169,7 +180,7 @@ def cmd_tune_crf(args):
 def cmd_evaluate(args):
     from keras_lc.metrics import evaluate_cascade, format_report
 
-    model = _load(args.model)
+    model = _load(args.model, halo=args.halo)
     if args.num_classes != model.num_classes:
         args.num_classes = model.num_classes
     crf = None
@@ -314,7 +325,7 @@ def cmd_bench(args):
         raise SystemExit("keras-lc: --save goes with --crossover")
     if args.save and not args.save.endswith(".keras"):
         raise SystemExit(f"keras-lc: --save needs a .keras file name; got {args.save}")
-    model = _load(args.model)
+    model = _load(args.model, halo=args.halo)
     if args.images:
         import tensorflow as tf
 
@@ -526,6 +537,9 @@ def build_parser():
                    help="--head aspp: dilation rates as A,B,C,... (default 6,12,18,24 scaled to the output stride)")
     p.add_argument("--loss-weights", default=None,
                    help="weights of the three stage losses as A,B,C (default 1,1,1; 0,0,1 trains only the last head)")
+    p.add_argument("--halo", type=int, default=0,
+                   help="stages 2-3 also compute this many cells around their region, as context only "
+                        "(default 0: the paper's region convolution, zeros outside the region)")
     p.add_argument("--block-counts", default=None,
                    help="irnet: blocks per stage as A,B,C (default 5,10,5; 10,20,10 is the full network)")
     p.add_argument("--imagenet-weights", default=None,
@@ -553,6 +567,7 @@ def build_parser():
     p.add_argument("--rho", type=_rho, default=None, help="evaluate at this rho (default: the model's)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     p.add_argument("--split", default="val", help="a split folder of --data-dir (train, val, test, ...)")
+    _add_halo_arg(p)
     _add_test_time_args(p)
     _add_data_args(p, num_images=64)
     p.set_defaults(func=cmd_evaluate)
@@ -658,6 +673,7 @@ def build_parser():
                    help="instead: measure the forwarded fraction above which stages 2-3 are cheaper dense "
                         "(the model's dense_threshold) and each stage's region cost, on this machine")
     p.add_argument("--save", default=None, help="with --crossover: save the model with that dense_threshold here")
+    _add_halo_arg(p)
     _add_test_time_args(p)
     p.set_defaults(func=cmd_bench)
     return parser

@@ -37,6 +37,7 @@ class TrainConfig:
     head: str = "plain"
     aspp_rates: tuple | None = None
     loss_weights: tuple | None = None
+    halo: int = 0
     save_every: int = 0
     val_images: int = 64
     out: str = "runs/demo"
@@ -60,7 +61,7 @@ class TrainConfig:
         "precision": ("float32", "mixed_float16", "mixed_bfloat16"),
     }
     # (smallest allowed value) of the numeric fields
-    MINIMUM = {"channels": 1, "head_channels": 1, "initial_epochs": 0, "cascade_epochs": 0, "save_every": 0,
+    MINIMUM = {"halo": 0, "channels": 1, "head_channels": 1, "initial_epochs": 0, "cascade_epochs": 0, "save_every": 0,
                "val_images": 1, "timeout": 1e-9, "crop": 8, "num_images": 1, "image_size": 8, "num_classes": 2,
                "batch_size": 1, "learning_rate": 1e-12, "cascade_learning_rate": 1e-12, "seed": 0}
 
@@ -163,7 +164,7 @@ class TrainConfig:
         if self.aspp_rates and self.head != "aspp":
             raise ValueError("aspp_rates needs head = 'aspp' (--head aspp)")
         return {"head": self.head, "aspp_rates": self.aspp_rates, "loss_resolution": self.loss_resolution,
-                "loss_weights": self.loss_weights}
+                "loss_weights": self.loss_weights, "halo": self.halo}
 
     def backbone_kwargs(self):
         """The keyword arguments of `build_model` that this config's backbone takes."""

@@ -210,13 +210,15 @@ def test_train_flags_reach_the_library(tmp_path, monkeypatch):
     assert seen["model"].stages[1].channels == 16
     cli.main(["train", "--channels", "16", "--num-images", "2", "--image-size", "32", "--head", "aspp",
               "--aspp-rates", "1,2", "--loss-resolution", "input", "--loss-weights", "0.3,0.3,1",
-              "--out", str(tmp_path)])
+              "--halo", "2", "--out", str(tmp_path)])
     assert seen["model"].heads[0].aspp_rates == (1, 2) and seen["model"].loss_resolution == "input"
-    assert seen["model"].loss_weights == (0.3, 0.3, 1.0)
+    assert seen["model"].loss_weights == (0.3, 0.3, 1.0) and seen["model"].halo == 2
     with pytest.raises(SystemExit, match=r"loss_weights \(--loss-weights\) must be three"):
         cli.main(["train", "--loss-weights", "0,0,0", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="aspp_rates needs head"):
         cli.main(["train", "--aspp-rates", "1,2", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="halo must be at least 0"):
+        cli.main(["train", "--halo", "-1", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="--block-counts"):
         cli.main(["train", "--backbone", "irnet", "--block-counts", "a,b", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="--imagenet-weights file not found"):

@@ -239,3 +239,20 @@ def resize_nearest(x, height, width):
 
     x = tf.gather(x, centres(in_h, height), axis=1)
     return tf.gather(x, centres(in_w, width), axis=2)
+
+
+def grow_region(region, halo):
+    """The cells within `halo` cells of a region (Chebyshev distance): a (2·halo + 1)² max-pool.
+
+    Args:
+        region: bool `[B, h, w]`.
+        halo: int ≥ 0; 0 returns `region` itself.
+
+    Returns:
+        bool `[B, h, w]`, a superset of `region` (per image: an empty region stays empty).
+    """
+    if halo == 0:
+        return region
+    size = 2 * int(halo) + 1
+    pooled = tf.nn.max_pool2d(tf.cast(region, tf.float32)[..., None], size, 1, "SAME")
+    return pooled[..., 0] > 0

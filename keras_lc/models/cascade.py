@@ -1,11 +1,12 @@
 """LayerCascade: three stages, a head after each, and the ρ-masked training step."""
 
 import math
+import numbers
 
 import keras
 import tensorflow as tf
 
-from keras_lc.layers.region_index import RegionIndex, repeat_cells, resize_nearest
+from keras_lc.layers.region_index import RegionIndex, grow_region, repeat_cells, resize_nearest
 from keras_lc.layers.stage_head import check_rho, check_rho_tensor
 from keras_lc.models.cascade_steps import _IMAGE_ERROR, CascadeSteps, clear_errors  # noqa: F401 - public here too
 
@@ -66,6 +67,13 @@ class LayerCascade(CascadeSteps, keras.Model):
         preprocessing: how 0..255 images are scaled inside the model: "symmetric"
             (x / 127.5 − 1, the default) or "efficientnet_lite" ((x − 127) / 128, what the
             EfficientNet-Lite ImageNet weights were trained on).
+        halo: int ≥ 0 (default 0, the paper's region convolution). Stages 2–3 compute on their
+            region grown by `halo` cells (Chebyshev distance on the stage grid), so that the
+            convolutions at the region's edge read computed neighbours instead of the zeros the
+            paper's region convolution puts outside the region. The decisions, the losses and the
+            final map stay those of the region itself: a grown cell only supplies context. A halo
+            covering the grid gives the dense stages' features under the cascade's decisions.
+            Costs time: the grown region is larger. Settable (`model.halo = 1`) without rebuilding.
         **kwargs: `keras.Model` arguments (name, ...).
 
     Call arguments:
@@ -97,9 +105,11 @@ class LayerCascade(CascadeSteps, keras.Model):
         label_keep=None,
         preprocessing="symmetric",
         loss_resolution="stage",
+        halo=0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self._halo = self._check_halo(halo)
         if loss_resolution not in LOSS_RESOLUTIONS:
             raise ValueError(f"loss_resolution must be one of {LOSS_RESOLUTIONS}; got {loss_resolution!r}.")
         self.loss_resolution = loss_resolution
@@ -217,6 +227,22 @@ class LayerCascade(CascadeSteps, keras.Model):
         self._dense_threshold = self._check_threshold(value)
         self._reset_functions()  # the threshold is a constant of the traced graph
 
+    @staticmethod
+    def _check_halo(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(f"halo must be an integer >= 0 (cells of context around the region); got {value!r}.")
+        return int(value)
+
+    @property
+    def halo(self):
+        """Cells of context computed around the regions of stages 2–3 (0: the paper's region conv)."""
+        return self._halo
+
+    @halo.setter
+    def halo(self, value):
+        self._halo = self._check_halo(value)
+        self._reset_functions()  # a constant of the traced graph
+
     @property
     def dense(self):
         """If True, every stage is computed densely and masked: the reference
@@ -289,8 +315,8 @@ class LayerCascade(CascadeSteps, keras.Model):
             k: 1, 2 or 3.
             features: stage 1: preprocessed images `[B, H, W, 3]` (`preprocess`); stages 2–3:
                 the previous stage's features `[B, h, w, C]`.
-            region: stages 2–3: bool `[B, h, w]`, the pixels to compute (ignored for stage 1,
-                which computes every pixel).
+            region: stages 2–3: bool `[B, h, w]`, the pixels reaching the stage (ignored for
+                stage 1, which computes every pixel). The stage computes them, grown by `halo`.
             rho: float or float32 scalar tensor; None: the model's.
             path: "auto" (dense from `dense_threshold` up), "region" (the region path whatever
                 the fraction) or "dense" (the masked dense computation: same numbers).
@@ -299,10 +325,11 @@ class LayerCascade(CascadeSteps, keras.Model):
 
         Returns:
             dict: `features` (the stage's output), `probs` float32 `[B, h, w, K]` and `logits`
-            (zeros outside the region; decoder heads: `[B, H/4, W/4, K]`, zeros outside the
-            region's cells), `next_region` bool `[B, h, w]` (the pixels forwarded to stage
-            k + 1), `low_level` (stage 1 with decoder heads: its stride-4 features `[B, H/4,
-            W/4, C']`, which the later heads read; else None).
+            (zeros outside the computed region, i.e. the region grown by `halo`; decoder heads:
+            `[B, H/4, W/4, K]`, zeros outside its cells), `next_region` bool `[B, h, w]` (the
+            region's pixels forwarded to stage k + 1: never a halo cell), `low_level` (stage 1
+            with decoder heads: its stride-4 features `[B, H/4, W/4, C']`, which the later heads
+            read; else None).
         """
         if k not in (1, 2, 3):
             raise ValueError(f"k must be 1, 2 or 3; got {k!r}.")
@@ -327,17 +354,21 @@ class LayerCascade(CascadeSteps, keras.Model):
                 raise ValueError(f"stage {k} of a model with decoder heads needs low_level (stage 1's output).")
             head_kwargs["low_level"] = low_level
 
+        computed = grow_region(region, self.halo)  # the region itself at halo 0
+
         def run(use_dense):
-            index = RegionIndex(region, dense=use_dense)
+            index = RegionIndex(computed, dense=use_dense)
             y = self.stages[k - 1](features, region=index, training=training)
             probs, next_region, logits = self.heads[k - 1](y, region=index, **head_kwargs)
+            if self.halo:  # a halo cell is context only: decided by an earlier stage, never forwarded
+                next_region = tf.logical_and(next_region, region)
             return {"features": y, "probs": probs, "next_region": next_region, "logits": logits, "low_level": None}
 
         if path == "dense":
             return run(True)
         if self.dense_threshold is None or path == "region":
             return run(False)
-        fraction = tf.reduce_mean(tf.cast(region, tf.float32))
+        fraction = tf.reduce_mean(tf.cast(computed, tf.float32))
         return tf.cond(fraction >= self.dense_threshold, lambda: run(True), lambda: run(False))
 
     def forward_details(self, inputs, rho=None, training=False, dense=None, forward_all=False, path=None):
@@ -363,8 +394,9 @@ class LayerCascade(CascadeSteps, keras.Model):
             dict with, at the stage resolution `[B, h, w]` (output stride 4 or 8):
             `logits` and `probs_per_stage`, lists of 3 float32 `[B, h, w, K]` (decoder heads:
             `[B, H/4, W/4, K]`, see `at_output_grid`; zeros outside
-            the stage's region); `regions`, list of 3 bool `[B, h, w]` (the pixels each stage
-            computes; stage 1's is all true); and at the input resolution: `labels` int32
+            the stage's computed region); `regions`, list of 3 bool `[B, h, w]` (the pixels
+            reaching each stage, which it decides and is trained on; stage 1's is all true; with
+            a `halo` the stage computes them grown by it); and at the input resolution: `labels` int32
             `[B, H, W]`, `probs` float32 `[B, H, W, K]`, `stage` uint8 `[B, H, W]` (1..3, the
             deciding stage).
         """
@@ -506,6 +538,7 @@ class LayerCascade(CascadeSteps, keras.Model):
             "label_keep": None if self.label_keep is None else list(self.label_keep),
             "preprocessing": self.preprocessing,
             "loss_resolution": self.loss_resolution,
+            "halo": self.halo,
         }
 
     @classmethod
