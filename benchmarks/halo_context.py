@@ -3,11 +3,10 @@
     python benchmarks/halo_context.py MODEL.keras [--halo 0 1 2] [--rho 0.985] [--data-dir ../shared/data/camvid]
 
 The paper's region convolution reads zeros outside the region M, so a later stage sees less context than
-the same stage run densely (DSN). Here stages 2-3 compute on M grown by `halo` cells (a (2·halo+1)² max-pool
-of M) while the decisions, the final map and the forwarded pixels stay those of M: at halo 0 this is the
-model itself; with a large halo it is the dense stages' features with the cascade's decisions. An
-experiment, not a library option: the halo costs the time the cascade saves, and it is not the paper's method.
-Prints CamVid val mIoU per halo and the share of cells stages 2 and 3 compute (first batch); `--speed N`
+the same stage run densely (DSN). With `LayerCascade.halo` (set here on the loaded model) stages 2-3 compute
+on M grown by `halo` cells while the decisions, the final map and the forwarded pixels stay those of M: at
+halo 0 this is the paper's model; with a large halo it is the dense stages' features with the cascade's
+decisions. Prints CamVid val mIoU per halo and the share of cells stages 2 and 3 compute (first batch); `--speed N`
 times instead the first val frame (batch 1, ρ a Python number) densely and at each halo, alternating, median of N.
 """
 
@@ -23,31 +22,8 @@ import keras_lc  # noqa: E402,F401  (registers the model's classes)
 from keras_lc.benchmark import median_seconds  # noqa: E402
 from keras_lc.data import read_info  # noqa: E402
 from keras_lc.data.sources import load_split  # noqa: E402
+from keras_lc.layers.region_index import grow_region  # noqa: E402
 from keras_lc.metrics import evaluate_cascade  # noqa: E402
-
-
-def grow(region, halo):
-    """bool `[B, h, w]` -> the cells within `halo` cells of it (Chebyshev distance)."""
-    if halo == 0:
-        return region
-    size = 2 * halo + 1
-    pooled = tf.nn.max_pool2d(tf.cast(region, tf.float32)[..., None], size, 1, "SAME")
-    return pooled[..., 0] > 0
-
-
-def with_halo(model, halo, computed):
-    """Patch `model.run_stage` (this instance only) so stages 2-3 compute on the grown region."""
-    original = type(model).run_stage
-
-    def run_stage(k, features, region=None, **kwargs):
-        if k == 1 or halo == 0:
-            return original(model, k, features, region, **kwargs)
-        wide = grow(region, halo)
-        computed.append(tf.reduce_mean(tf.cast(wide, tf.float32)))
-        out = original(model, k, features, wide, **kwargs)
-        return {**out, "next_region": tf.logical_and(out["next_region"], region)}
-
-    model.run_stage = run_stage
 
 
 def main():
@@ -67,11 +43,11 @@ def main():
     print("|---|---|---|---|")
     for halo in args.halo:
         model = keras.models.load_model(args.model)
-        computed = []
-        with_halo(model, halo, computed)
+        model.halo = halo
         first = next(iter(load_split("camvid", args.split, args.data_dir, 8)))[0]
-        model(first, rho=tf.constant(args.rho), training=False)  # eager: the computed shares of one batch
-        shares = " / ".join(f"{100 * float(c):.1f}" for c in computed[:2]) if computed else "as the regions"
+        regions = model.forward_details(first, rho=args.rho)["regions"][1:]
+        shares = " / ".join(f"{100 * float(tf.reduce_mean(tf.cast(grow_region(r, halo), tf.float32))):.1f}"
+                            for r in regions)
         result = evaluate_cascade(model, load_split("camvid", args.split, args.data_dir, 8), rho=args.rho,
                                   class_names=names)
         decided = " / ".join(f"{100 * s:.1f}" for s in result["stage_share"])
@@ -83,8 +59,7 @@ def speed(args):
     pieces = {}
     for halo in [None, *args.halo]:  # None: the same weights dense
         model = keras.models.load_model(args.model)
-        if halo is not None:
-            with_halo(model, halo, [])
+        model.halo = halo or 0
         fn = tf.function(lambda x, m=model, d=halo is None: m.forward_details(x, rho=1.0 if d else args.rho, dense=d)[
             "labels"])
         pieces["dense" if halo is None else f"halo {halo}"] = (fn, (frame,))
