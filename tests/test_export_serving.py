@@ -381,3 +381,22 @@ def test_serve_failures_are_one_line_and_leave_no_temporary_copy(triton, model, 
         server.start(timeout_s=120)
     assert "\n" in str(e.value) and str(e.value).splitlines()[0].count(":") >= 1
     assert leftovers() == before
+
+
+def test_halo_models_export_with_their_halo(model, tmp_path, inputs):
+    import onnxruntime as ort
+
+    halo = build_model("tiny", num_classes=4, rho=0.6, ignore_class=4, halo=1, **SMALL)
+    halo.set_weights(model.get_weights())
+    x = inputs["random"]  # at rho 0.6 it forwards a few cells (the scenes: none)
+    ref = halo(x, rho=0.6)
+    assert np.abs(ref["probs"].numpy() - model(x, rho=0.6)["probs"].numpy()).max() > 1e-4  # the halo matters here
+    loaded = tf.saved_model.load(str(export_savedmodel(halo, tmp_path, "halo", 1, include_probs=True)))
+    out = loaded.signatures["serving_rho"](images=tf.constant(x), rho=tf.constant(0.6))
+    np.testing.assert_allclose(out["probs"], ref["probs"], atol=1e-5)
+    session = ort.InferenceSession(str(export_onnx(halo, tmp_path / "h.onnx", include_probs=True)),
+                                   providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    got = dict(zip(names, session.run(None, {"images": x, "rho": np.array(0.6, np.float32)})))
+    np.testing.assert_allclose(got["probs"], ref["probs"], atol=1e-4)
+    np.testing.assert_array_equal(got["stage"], ref["stage"])
