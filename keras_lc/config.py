@@ -25,6 +25,7 @@ class TrainConfig:
     head_channels: int | None = None
     block_counts: tuple | None = None
     imagenet_weights: str | None = None
+    init_weights: str | None = None
     rho: float = 0.95
     initial_epochs: int = 8
     cascade_epochs: int = 6
@@ -80,7 +81,7 @@ class TrainConfig:
 
     def _check(self, name, value):
         default = {f.name: f for f in dataclasses.fields(self)}[name].default
-        if value is None and (default is None or name in ("imagenet_weights", "data_dir")):
+        if value is None and (default is None or name in ("imagenet_weights", "init_weights", "data_dir")):
             return None
         if name == "rho":
             return check_rho(value)

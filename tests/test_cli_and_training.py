@@ -332,6 +332,27 @@ def test_model_and_data_from_a_config():
         model_for_config(TrainConfig(imagenet_weights="auto"), info)
 
 
+def test_init_weights_start_from_a_trained_model(tmp_path):
+    from keras_lc.config import TrainConfig
+    from keras_lc.training import dataset_info, model_for_config
+
+    config = TrainConfig(channels=16, num_classes=3, image_size=32)
+    info = dataset_info(config)
+    trained, _ = model_for_config(config, info)
+    trained.set_weights([w + 0.01 for w in trained.get_weights()])  # not what a fresh build gives
+    trained.save(tmp_path / "t.keras")
+    trained.save_weights(tmp_path / "t.weights.h5")
+    for path in ("t.keras", "t.weights.h5"):
+        model, _ = model_for_config(TrainConfig(channels=16, num_classes=3, image_size=32,
+                                                init_weights=str(tmp_path / path)), info)
+        for a, b in zip(model.get_weights(), trained.get_weights()):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="--init-weights file not found"):
+        model_for_config(TrainConfig(channels=16, num_classes=3, init_weights=str(tmp_path / "no.keras")), info)
+    with pytest.raises(ValueError, match="does not fit this model"):
+        model_for_config(TrainConfig(channels=8, num_classes=3, init_weights=str(tmp_path / "t.keras")), info)
+
+
 def test_saved_models_hold_no_optimizer(tmp_path):
     data = synthetic(8, 32, 32, num_classes=3, seed=0, batch_size=4)
     model = build_model("tiny", num_classes=3, ignore_class=3, **SMALL)
