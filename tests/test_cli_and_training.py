@@ -190,7 +190,8 @@ def test_shipped_recipes_parse():
     for recipe in sorted(Path(__file__).parents[1].glob("recipes/*.toml")):
         parser = cli.build_parser()
         args = parser.parse_args(cli._apply_recipe(parser, ["train", "--recipe", str(recipe)]))
-        assert args.initial_epochs > 0 and args.out
+        assert args.initial_epochs + args.cascade_epochs > 0 and args.out
+        assert args.initial_epochs > 0 or args.init_weights  # a cascade-only recipe starts from a trained model
 
 
 def test_train_flags_reach_the_library(tmp_path, monkeypatch):
