@@ -41,10 +41,10 @@ def main():
     print(f"{args.model} at rho {args.rho}, CamVid {args.split}")
     print("| halo (cells) | mIoU | decided at stage 1 / 2 / 3 (%) | cells computed by stage 2 / 3, first batch (%) |")
     print("|---|---|---|---|")
+    model = keras.models.load_model(args.model)
+    first = next(iter(load_split("camvid", args.split, args.data_dir, 8)))[0]
     for halo in args.halo:
-        model = keras.models.load_model(args.model)
-        model.halo = halo
-        first = next(iter(load_split("camvid", args.split, args.data_dir, 8)))[0]
+        model.halo = halo  # settable: the traced functions are reset
         regions = model.forward_details(first, rho=args.rho)["regions"][1:]
         shares = " / ".join(f"{100 * float(tf.reduce_mean(tf.cast(grow_region(r, halo), tf.float32))):.1f}"
                             for r in regions)
