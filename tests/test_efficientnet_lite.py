@@ -34,7 +34,7 @@ def test_depthwise_full_region_equals_keras(kernel_size, dilation):
 
 @pytest.mark.parametrize("method", ["map", "taps"])
 @pytest.mark.parametrize("kernel_size", [3, 5])
-@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("dilation", [1, 2, 3])
 @pytest.mark.parametrize("fraction", [0.05, 0.3, 0.7])
 def test_depthwise_blob_region_equals_masked_dense(kernel_size, dilation, fraction, method):
     x = tf.random.stateless_normal([2, 15, 17, 4], seed=[3, 4])
@@ -64,10 +64,11 @@ def test_depthwise_empty_region_and_batch_independence(method):
 
 
 @pytest.mark.parametrize("method", ["map", "taps"])
-def test_depthwise_gradients_match_masked_dense(method):
-    x = tf.random.stateless_normal([2, 10, 12, 5], seed=[7, 8])
-    region = blob_region((2, 10, 12), 0.4, seed=3)
-    layer = RegionDepthwiseConv2D(5, 2, method=method)
+@pytest.mark.parametrize("dilation", [2, 3])
+def test_depthwise_gradients_match_masked_dense(method, dilation):
+    x = tf.random.stateless_normal([2, 10, 13, 5], seed=[7, 8])  # 13: the phase layout pads a column
+    region = blob_region((2, 10, 13), 0.4, seed=3)
+    layer = RegionDepthwiseConv2D(5, dilation, method=method)
     layer.build(x.shape)
     mask = tf.constant(region[..., None], tf.float32)
 
@@ -78,9 +79,21 @@ def test_depthwise_gradients_match_masked_dense(method):
         return tape.gradient(loss, [x, layer.kernel])
 
     fast = grads(lambda: layer(x, region))
-    ref = grads(lambda: tf.nn.depthwise_conv2d(x * mask, layer.kernel, [1, 1, 1, 1], "SAME", dilations=(2, 2)) * mask)
+    ref = grads(lambda: tf.nn.depthwise_conv2d(x * mask, layer.kernel, [1, 1, 1, 1], "SAME",
+                                               dilations=(dilation, dilation)) * mask)
     for a, b in zip(fast, ref):
         np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_dilated_region_depthwise_writes_the_phase_layout_directly():
+    """The map path of a dilated kernel has no SpaceToBatch / BatchToSpace copies (RegionIndex.scatter_phases)."""
+    x = tf.random.stateless_normal([2, 9, 11, 4], seed=[1, 1])
+    region = tf.constant(blob_region((2, 9, 11), 0.3, seed=2))
+    layer = RegionDepthwiseConv2D(5, 2)
+    layer.build(x.shape)
+    graph = tf.function(lambda x: layer(x, region)).get_concrete_function(x).graph
+    ops = {n.op for n in graph.as_graph_def().node}
+    assert "DepthwiseConv2dNative" in ops and not ops & {"SpaceToBatchND", "BatchToSpaceND"}
 
 
 # ------------------------------------------------------------------ MBConv blocks and stages

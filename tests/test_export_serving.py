@@ -400,3 +400,26 @@ def test_halo_models_export_with_their_halo(model, tmp_path, inputs):
     got = dict(zip(names, session.run(None, {"images": x, "rho": np.array(0.6, np.float32)})))
     np.testing.assert_allclose(got["probs"], ref["probs"], atol=1e-4)
     np.testing.assert_array_equal(got["stage"], ref["stage"])
+
+
+def test_lite_model_with_a_depthwise_halo_exports(tmp_path):
+    """The flagship's kind of model (EfficientNet-Lite, dilated region depthwise convs in the phase layout, a
+    depthwise-only halo) gives the Keras numbers through SavedModel and ONNX."""
+    import onnxruntime as ort
+
+    tf.keras.utils.set_random_seed(7)
+    lite = build_model("efficientnet_lite0", num_classes=4, rho=0.6, dense_threshold=None, halo=1,
+                       halo_mode="depthwise")
+    x = np.random.default_rng(3).integers(0, 256, (1, 96, 128, 3)).astype(np.uint8)
+    rho = float(np.quantile(lite(x, rho=1.0)["stage1"].numpy().max(-1), 0.5))
+    ref = lite(x, rho=rho)
+    assert 0 < (ref["stage"].numpy() > 1).mean() < 1  # partial regions: the region path runs
+    loaded = tf.saved_model.load(str(export_savedmodel(lite, tmp_path, "lite", 1, include_probs=True)))
+    out = loaded.signatures["serving_rho"](images=tf.constant(x), rho=tf.constant(rho))
+    np.testing.assert_allclose(out["probs"], ref["probs"], atol=1e-5)
+    session = ort.InferenceSession(str(export_onnx(lite, tmp_path / "lite.onnx", include_probs=True)),
+                                   providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    got = dict(zip(names, session.run(None, {"images": x, "rho": np.array(rho, np.float32)})))
+    np.testing.assert_allclose(got["probs"], ref["probs"], atol=1e-4)
+    np.testing.assert_array_equal(got["stage"], ref["stage"])

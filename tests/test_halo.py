@@ -159,3 +159,131 @@ def test_cli_halo_overrides_the_saved_models(tmp_path, capsys):
     assert "halo 1: stages 2-3 also compute 1 cell(s)" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--halo must be an integer >= 0"):
         main(["evaluate", str(path), "--halo", "-2", *data])
+
+
+# ------------------------------------------------- halo_mode="depthwise" (EfficientNet-Lite stages)
+def _lite_stage(stage, seed):
+    from test_efficientnet_lite import _randomise_bn
+
+    from keras_lc.models.efficientnet_lite import EfficientNetLiteStage
+
+    layer = EfficientNetLiteStage(stage, "efficientnet_lite0", 16)
+    layer.build((None, None, None, layer.blocks[0].input_channels))
+    _randomise_bn(layer, seed)
+    return layer
+
+
+def _depthwise_context_reference(stage, x, region, grown):
+    """Independent masked-dense reference built from Keras' own BN layers (nothing folded): the halo
+    cells (grown and not region) feed each block's depthwise conv through its expand conv only; they
+    keep their features through residual blocks and are computed in full by channel-changing blocks
+    (except the last, whose output is read on the region only)."""
+    from test_efficientnet_lite import _keras_bn, _unit_reference
+
+    core, ctx = tf.constant(region[..., None], tf.float32), tf.constant(grown[..., None], tf.float32)
+    for i, block in enumerate(stage.blocks):
+        t = _unit_reference(block.expand, x) if block.expand is not None else x
+        t = tf.nn.depthwise_conv2d(t * ctx, block.depthwise.kernel, [1, 1, 1, 1], "SAME",
+                                   dilations=block.depthwise.dilation_rate)
+        t = _unit_reference(block.project, tf.nn.relu6(_keras_bn(block.depthwise_bn, t)))
+        if block.residual:
+            x = x + t * core
+        elif i < len(stage.blocks) - 1:
+            x = t * ctx
+        else:
+            x = t
+    return x * core
+
+
+@pytest.mark.parametrize("stage_number", [2, 3])
+@pytest.mark.parametrize("fraction", [0.15, 0.4])
+def test_depthwise_halo_stage_equals_its_reference_on_both_paths(stage_number, fraction):
+    from keras_lc.benchmark import blob_region
+    from keras_lc.layers import RegionIndex
+
+    stage = _lite_stage(stage_number, seed=stage_number)
+    x = tf.random.stateless_normal([2, 9, 11, stage.blocks[0].input_channels], seed=[5, stage_number])
+    region = blob_region((2, 9, 11), fraction, seed=int(fraction * 10))
+    grown = grow_region(tf.constant(region), 1).numpy()
+    assert (grown & ~region).any()
+    want = _depthwise_context_reference(stage, x, region, grown)
+
+    def run(dense):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = stage(x, region=RegionIndex(region, dense=dense), context=RegionIndex(grown, dense=dense))
+            loss = tf.reduce_sum(tf.sin(y))
+        return y, tape.gradient(loss, [x, *stage.trainable_variables])
+
+    (y_fast, g_fast), (y_dense, g_dense) = run(False), run(True)
+    np.testing.assert_allclose(y_fast, want, atol=1e-4)
+    np.testing.assert_allclose(y_dense, want, atol=1e-4)
+    for a, b in zip(g_fast, g_dense):
+        np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-3)
+    # the context changes the region's output; a context equal to the region is the plain stage
+    plain = stage(x, region=RegionIndex(region))
+    assert np.abs(y_fast.numpy() - plain.numpy()).max() > 1e-3
+    np.testing.assert_allclose(stage(x, region=RegionIndex(region), context=RegionIndex(region)), plain, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def lite_halo_model():
+    from test_efficientnet_lite import _randomise_bn
+
+    tf.keras.utils.set_random_seed(5)
+    model = build_model("efficientnet_lite0", num_classes=4, dense_threshold=None, halo=1, halo_mode="depthwise")
+    for layer in model.stages[1:]:
+        _randomise_bn(layer, 6)
+    return model
+
+
+def test_depthwise_halo_cascade_region_path_equals_dense_path(lite_halo_model):
+    images = np.random.default_rng(2).integers(0, 256, (2, 96, 128, 3)).astype(np.uint8)
+    p1 = lite_halo_model(images, rho=1.0)["stage1"].numpy().max(-1)
+    rho = float(np.quantile(p1, 0.5))
+    fast = lite_halo_model.forward_details(images, rho=rho, path="region")
+    ref = lite_halo_model.forward_details(images, rho=rho, path="dense")
+    r2 = fast["regions"][1].numpy()
+    assert 0 < r2.mean() < 1 and (grow_region(r2, 1).numpy() & ~r2).any()
+    for a, b in zip(fast["probs_per_stage"], ref["probs_per_stage"]):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_array_equal(fast["stage"], ref["stage"])
+    # the heads run on the region only: stage 2's probabilities are zero on its halo cells
+    computed = fast["probs_per_stage"][1].numpy().sum(-1) > 0.5
+    np.testing.assert_array_equal(computed, r2)
+    lite_halo_model.halo_mode = "full"
+    try:
+        full = lite_halo_model.forward_details(images, rho=rho, path="region")
+    finally:
+        lite_halo_model.halo_mode = "depthwise"
+    assert np.abs(full["probs_per_stage"][1].numpy()[r2] - fast["probs_per_stage"][1].numpy()[r2]).max() > 1e-4
+
+
+def test_depthwise_halo_mode_save_load_and_errors(lite_halo_model, tmp_path):
+    path = tmp_path / "dw.keras"
+    lite_halo_model.save(path)
+    loaded = keras.models.load_model(path)
+    assert (loaded.halo, loaded.halo_mode) == (1, "depthwise")
+    x = np.random.default_rng(0).integers(0, 256, (1, 64, 80, 3)).astype(np.uint8)
+    np.testing.assert_allclose(loaded(x, rho=0.6)["probs"], lite_halo_model(x, rho=0.6)["probs"], atol=1e-6)
+    with pytest.raises(ValueError, match="halo_mode must be one of"):
+        loaded.halo_mode = "expand"
+    with pytest.raises(ValueError, match="needs MBConv stages"):
+        build_model("tiny", num_classes=4, halo=1, halo_mode="depthwise", **SMALL)
+    with pytest.raises(ValueError, match="halo_mode must be one of"):
+        TrainConfig(halo_mode="half")
+    assert TrainConfig(halo=1, halo_mode="depthwise").head_kwargs()["halo_mode"] == "depthwise"
+
+
+def test_cli_halo_mode(tmp_path, monkeypatch):
+    from keras_lc import cli, training
+
+    path = tmp_path / "m.keras"
+    build_model("tiny", num_classes=4, rho=0.9, ignore_class=4, **SMALL).save(path)
+    with pytest.raises(SystemExit, match="--halo-mode: halo_mode='depthwise' needs MBConv stages"):
+        cli.main(["evaluate", str(path), "--halo-mode", "depthwise", "--num-images", "2", "--image-size", "32"])
+    seen = {}
+    monkeypatch.setattr(training, "train_cascade", lambda model, *a, **kw: seen.update(model=model))
+    cli.main(["train", "--backbone", "efficientnet_lite0", "--num-images", "2", "--image-size", "32", "--halo", "1",
+              "--halo-mode", "depthwise", "--out", str(tmp_path)])
+    assert (seen["model"].halo, seen["model"].halo_mode) == (1, "depthwise")

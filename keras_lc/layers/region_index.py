@@ -159,6 +159,69 @@ class RegionIndex:
             return x * (1.0 - mask) + values * mask
         return tf.tensor_scatter_nd_update(x, self.coords, values)
 
+    # ------------------------------------------------- dilation phases (sparse mode only)
+    # A convolution dilated by d on a map is d_h·d_w undilated convolutions, one on each phase sub-grid
+    # x[py::d_h, px::d_w] with its own zero padding (`tf.nn.depthwise_conv2d` does exactly this with a
+    # SpaceToBatch / BatchToSpace copy of the map on each side). Writing the compact rows straight into
+    # that layout, and reading them back from it, skips both copies.
+    def _phase_shape(self, dilation):
+        dh, dw = dilation
+        return dh * dw * self.batch, (self.height + dh - 1) // dh, (self.width + dw - 1) // dw
+
+    def phase_flat(self, dilation):
+        """int32 `[N]`: each region pixel's flat position in the phase layout of `dilation`
+        (`[d_h·d_w·B, ⌈H/d_h⌉, ⌈W/d_w⌉]`, phase-major)."""
+        key = ("phase_flat", *dilation)
+        if key not in self._neighbours:
+            dh, dw = dilation
+            _, hp, wp = self._phase_shape(dilation)
+            phase = (self._y % dh) * dw + self._x % dw
+            self._neighbours[key] = ((phase * self.batch + self._b) * hp + self._y // dh) * wp + self._x // dw
+        return self._neighbours[key]
+
+    def _phase_inverse(self, dilation):
+        """int32 `[d_h·d_w·B·⌈H/d_h⌉·⌈W/d_w⌉]`: each phase-layout cell's compact row, N outside the
+        region and on the padding cells beyond the image."""
+        key = ("phase_inverse", *dilation)
+        if key not in self._neighbours:
+            dh, dw = dilation
+            pb, hp, wp = self._phase_shape(dilation)
+            cell = tf.range(pb * hp * wp)
+            j, i, rest = cell % wp, (cell // wp) % hp, cell // (wp * hp)
+            b, phase = rest % self.batch, rest // self.batch
+            y, x = i * dh + phase // dw, j * dw + phase % dw
+            inside = (y < self.height) & (x < self.width)
+            pixel = tf.where(inside, (b * self.height + y) * self.width + x, self.batch * self.height * self.width)
+            self._neighbours[key] = tf.gather(self.inverse, pixel)  # the pixel after the map: row N
+        return self._neighbours[key]
+
+    def scatter_phases(self, values, dilation):
+        """Compact `[N, C]` -> the phase layout `[d_h·d_w·B, ⌈H/d_h⌉, ⌈W/d_w⌉, C]` of the map with
+        zeros outside the region: an undilated 'SAME' conv on it is the dilated conv on the map."""
+        pb, hp, wp = self._phase_shape(dilation)
+        inverse, flat = self._phase_inverse(dilation), self.phase_flat(dilation)
+
+        @tf.custom_gradient
+        def expand(values):  # as `_expand`: one gather, and the gather of N rows as its gradient
+            zero = tf.zeros(tf.stack([1, tf.shape(values)[1]]), values.dtype)
+            out = tf.gather(tf.concat([values, zero], axis=0), inverse)
+
+            def grad(upstream):
+                return tf.gather(upstream, flat)
+
+            return out, grad
+
+        return tf.reshape(expand(values), tf.stack([pb, hp, wp, tf.shape(values)[-1]]))
+
+    def gather_phases(self, x, dilation):
+        """A phase-layout map `[d_h·d_w·B, ⌈H/d_h⌉, ⌈W/d_w⌉, C]` -> compact `[N, C]` at this region's pixels."""
+        return tf.gather(tf.reshape(x, [-1, tf.shape(x)[-1]]), self.phase_flat(dilation))
+
+    def rows_of(self, other):
+        """int32 `[N_other]`: the row of each of `other`'s pixels in this index's compact features
+        (`other`, a sparse index of a subset of this region; sparse mode only)."""
+        return tf.gather(self.inverse, other.flat)
+
     def neighbours(self, kernel_size, dilation_rate):
         """Flat neighbour indices `[N, kh*kw]` into the map with one zero row appended.
 
@@ -208,6 +271,39 @@ class RegionIndex:
         patches = tf.gather(flat_x, flat)  # [N, kh*kw, C]
         kh, kw = kernel_size
         return tf.reshape(patches, [-1, kh * kw * channels])
+
+
+class HaloIndex:
+    """A region inside the region it computes on: the stage's `core` region and the `grown` one
+    (the core plus its halo cells), for stages whose halo cells only feed depthwise convolutions
+    (`LayerCascade(halo_mode="depthwise")`).
+
+    Compact features live on the grown region's rows (`[Ng, C]`); the core's rows are a subset.
+
+    Args:
+        core: `RegionIndex` of the region (what the stage decides and outputs).
+        grown: `RegionIndex` of a superset of it, in the same mode (sparse or dense).
+    """
+
+    def __init__(self, core, grown):
+        if core.dense != grown.dense:
+            raise ValueError("HaloIndex: the core and grown indices must both be sparse or both dense.")
+        self.core, self.grown, self.dense = core, grown, core.dense
+        if not self.dense:
+            self.core_rows = grown.rows_of(core)  # [Nc] rows of the core pixels among the grown ones
+            self._to_core_row = tf.gather(core.inverse, grown.flat)  # [Ng] core row, or Nc for a halo cell
+
+    def to_core(self, values):
+        """Grown-compact `[Ng, C]` -> core-compact `[Nc, C]` (dense: the map itself)."""
+        return values if self.dense else tf.gather(values, self.core_rows)
+
+    def add_at_core(self, values, update):
+        """Grown-compact `values` `[Ng, C]` plus core-compact `update` `[Nc, C]` at the core rows
+        (halo rows unchanged). Dense: maps, `update` masked to the core."""
+        if self.dense:
+            return values + update * tf.cast(self.core.mask, update.dtype)
+        zero = tf.zeros(tf.stack([1, tf.shape(update)[1]]), update.dtype)
+        return values + tf.gather(tf.concat([update, zero], axis=0), self._to_core_row)
 
 
 def as_region_index(region, dense=False):

@@ -12,6 +12,7 @@ from keras_lc.models.cascade_steps import _IMAGE_ERROR, CascadeSteps, clear_erro
 
 TRAINING_MODES = ("initial", "cascade")
 LOSS_RESOLUTIONS = ("stage", "input")
+HALO_MODES = ("full", "depthwise")
 # Input scaling of 0..255 images, per backbone: (x - offset) / divisor.
 PREPROCESSING = {"symmetric": (127.5, 127.5), "efficientnet_lite": (127.0, 128.0)}
 FUSIONS = ("mean", "max")
@@ -74,6 +75,12 @@ class LayerCascade(CascadeSteps, keras.Model):
             final map stay those of the region itself: a grown cell only supplies context. A halo
             covering the grid gives the dense stages' features under the cascade's decisions.
             Costs time: the grown region is larger. Settable (`model.halo = 1`) without rebuilding.
+        halo_mode: what a halo cell computes: "full" (the default: every layer of stages 2–3 and
+            their heads) or "depthwise" (only what the region's depthwise convolutions read: the
+            expand conv of each residual block, from the cell's features at the stage's input or
+            after its channel-changing blocks; the projections and the head run on the region
+            alone). Cheaper context for MBConv stages (EfficientNet-Lite); needs stages that
+            accept `context=` (`supports_context`). No effect at halo 0. Settable.
         **kwargs: `keras.Model` arguments (name, ...).
 
     Call arguments:
@@ -106,6 +113,7 @@ class LayerCascade(CascadeSteps, keras.Model):
         preprocessing="symmetric",
         loss_resolution="stage",
         halo=0,
+        halo_mode="full",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -147,6 +155,7 @@ class LayerCascade(CascadeSteps, keras.Model):
         self.label_keep = self._three("label_keep", label_keep, 1e-6, 1.0, None)
         self.stages = stages
         self.heads = heads
+        self._halo_mode = self._check_halo_mode(halo_mode)
         self._rho_value = check_rho(rho)
         self._rho = tf.Variable(self._rho_value, trainable=False, dtype=tf.float32, name="rho")
         self._training_mode = self._check_mode(training_mode)
@@ -243,6 +252,24 @@ class LayerCascade(CascadeSteps, keras.Model):
         self._halo = self._check_halo(value)
         self._reset_functions()  # a constant of the traced graph
 
+    def _check_halo_mode(self, value):
+        if value not in HALO_MODES:
+            raise ValueError(f"halo_mode must be one of {HALO_MODES}; got {value!r}.")
+        if value == "depthwise" and not all(getattr(s, "supports_context", False) for s in self.stages[1:]):
+            raise ValueError("halo_mode='depthwise' needs MBConv stages that take depthwise context "
+                             "(the EfficientNet-Lite backbones); this backbone supports halo_mode='full'.")
+        return value
+
+    @property
+    def halo_mode(self):
+        """What a halo cell computes: "full" (every layer) or "depthwise" (the depthwise convs' inputs only)."""
+        return self._halo_mode
+
+    @halo_mode.setter
+    def halo_mode(self, value):
+        self._halo_mode = self._check_halo_mode(value)
+        self._reset_functions()  # a constant of the traced graph
+
     @property
     def dense(self):
         """If True, every stage is computed densely and masked: the reference
@@ -325,7 +352,8 @@ class LayerCascade(CascadeSteps, keras.Model):
 
         Returns:
             dict: `features` (the stage's output), `probs` float32 `[B, h, w, K]` and `logits`
-            (zeros outside the computed region, i.e. the region grown by `halo`; decoder heads:
+            (zeros outside the computed region, i.e. the region grown by `halo`, or the region
+            itself with `halo_mode="depthwise"`, whose heads run on the region; decoder heads:
             `[B, H/4, W/4, K]`, zeros outside its cells), `next_region` bool `[B, h, w]` (the
             region's pixels forwarded to stage k + 1: never a halo cell), `low_level` (stage 1
             with decoder heads: its stride-4 features `[B, H/4, W/4, C']`, which the later heads
@@ -357,8 +385,13 @@ class LayerCascade(CascadeSteps, keras.Model):
         computed = grow_region(region, self.halo)  # the region itself at halo 0
 
         def run(use_dense):
-            index = RegionIndex(computed, dense=use_dense)
-            y = self.stages[k - 1](features, region=index, training=training)
+            if self.halo and self.halo_mode == "depthwise":  # the halo only feeds the depthwise convs
+                index = RegionIndex(region, dense=use_dense)
+                y = self.stages[k - 1](features, region=index, context=RegionIndex(computed, dense=use_dense),
+                                       training=training)
+            else:
+                index = RegionIndex(computed, dense=use_dense)
+                y = self.stages[k - 1](features, region=index, training=training)
             probs, next_region, logits = self.heads[k - 1](y, region=index, **head_kwargs)
             if self.halo:  # a halo cell is context only: decided by an earlier stage, never forwarded
                 next_region = tf.logical_and(next_region, region)
@@ -539,6 +572,7 @@ class LayerCascade(CascadeSteps, keras.Model):
             "preprocessing": self.preprocessing,
             "loss_resolution": self.loss_resolution,
             "halo": self.halo,
+            "halo_mode": self.halo_mode,
         }
 
     @classmethod
