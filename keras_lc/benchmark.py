@@ -162,7 +162,7 @@ def stage_times(model, images, rho=None, repeats=10, warmup=2, dense=False):
     The paper's Fig. 7b. Each piece is a separate `tf.function` fed with the real
     intermediate results of the same batch, so stage k is timed on the region that
     really reaches it. `dense=True` computes every stage densely (the whole map,
-    whatever the region).
+    whatever the region; at ρ = 1 the plain dense network, with nothing masked).
 
     Returns:
         `{"stage1": s, "stage2": s, "stage3": s, "rho": ρ, "stage_share": [...]}`.
@@ -179,7 +179,8 @@ def stage_times(model, images, rho=None, repeats=10, warmup=2, dense=False):
     def later(k):
         @tf.function(reduce_retracing=True)
         def run(f, region, low_level):
-            out = model.run_stage(k, f, region, rho=rho_t, path="dense" if dense else "auto", low_level=low_level)
+            out = model.run_stage(k, f, region, rho=rho_t, path=("full" if rho >= 1 else "dense") if dense else "auto",
+                                  low_level=low_level)
             return out["features"], out["probs"], out["next_region"]
 
         return run
@@ -218,13 +219,16 @@ def measure_crossover(model, images, fractions=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.
 
     Stages 2 and 3 with their heads run on real features of `images` (stage 1's, and stage
     2's dense output), each forced to the region path and to the dense path, on blob regions
-    covering each fraction (all four alternating, median of `repeats`). Use the crossover as
-    `model.dense_threshold`. A perfect region path costs `fraction` × the dense time; the
-    project's target is at most `fraction + REGION_COST_SLACK` from 30% forwarded up.
+    covering each fraction, and to the plain dense path on every pixel (all six alternating,
+    median of `repeats`). The crossover compares the region path with the masked dense path,
+    its alternative on the same region: use it as `model.dense_threshold`. A perfect region
+    path costs `fraction` × the plain dense stage's time; the project's target is at most
+    `fraction + REGION_COST_SLACK` from 30% forwarded up.
 
     Returns:
-        `{"fractions": [...], "ratio": [stages 2-3 region time / dense time per fraction],
-        "stage_ratio": {"stage2": [...], "stage3": [...]}, "within_target": {"stage2": [bool],
+        `{"fractions": [...], "ratio": [stages 2-3 region time / masked dense time per fraction],
+        "stage_ratio": {"stage2": [...], "stage3": [...]} (region time / plain dense time),
+        "within_target": {"stage2": [bool],
         "stage3": [bool]} (None below 30%), "dense_seconds": s (stages 2-3), "crossover": f}`:
         f interpolates linearly where the ratio reaches 1 (the smallest fraction measured if the
         region path never wins, 1.0 if it always does).
@@ -246,17 +250,18 @@ def measure_crossover(model, images, fractions=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.
 
         return run
 
-    fns = {(k, path): stage_fn(k, path) for k in (2, 3) for path in ("region", "dense")}
+    fns = {(k, path): stage_fn(k, path) for k in (2, 3) for path in ("region", "dense", "full")}
     ratios, dense_times = [], []
     stage_ratio = {"stage2": [], "stage3": []}
     for fraction in fractions:
         region = tf.constant(blob_region(tuple(features[2].shape[:3]), fraction))
-        times = median_seconds({key: (fn, (features[key[0]], region)) for key, fn in fns.items()}, repeats, warmup)
+        times = median_seconds({key: (fn, (features[key[0]], full if key[1] == "full" else region))
+                                for key, fn in fns.items()}, repeats, warmup)
         dense = times[2, "dense"] + times[3, "dense"]
         dense_times.append(dense)
         ratios.append((times[2, "region"] + times[3, "region"]) / dense)
-        for k in (2, 3):
-            stage_ratio[f"stage{k}"].append(times[k, "region"] / times[k, "dense"])
+        for k in (2, 3):  # against the plain dense stage (every pixel, nothing masked)
+            stage_ratio[f"stage{k}"].append(times[k, "region"] / times[k, "full"])
     within = {name: [None if f < 0.3 else r <= f + REGION_COST_SLACK for f, r in zip(fractions, values)]
               for name, values in stage_ratio.items()}
     return {"fractions": fractions, "ratio": ratios, "stage_ratio": stage_ratio, "within_target": within,

@@ -60,9 +60,9 @@ def _class_names(args, model):
     return class_names(model.num_classes)
 
 
-def _load(path, rho=None, halo=None, halo_mode=None):
+def _load(path, rho=None, halo=None):
     """The `.keras` model at `path` (a one-line error if it is missing or damaged), at ρ `rho` and with
-    `halo` / `halo_mode` when given."""
+    `halo` when given."""
     import zipfile
 
     import keras
@@ -86,11 +86,6 @@ def _load(path, rho=None, halo=None, halo_mode=None):
         if halo < 0:
             raise SystemExit(f"keras-lc: --halo must be an integer >= 0; got {halo}")
         model.halo = halo
-    if halo_mode is not None:
-        try:
-            model.halo_mode = halo_mode
-        except ValueError as e:
-            raise SystemExit(f"keras-lc: --halo-mode: {e}") from None
     return model
 
 
@@ -98,9 +93,6 @@ def _add_halo_arg(p):
     p.add_argument("--halo", type=int, default=None,
                    help="run stages 2-3 with this many cells of context around their region (default: the "
                         "model's; 0 is the paper's region convolution)")
-    p.add_argument("--halo-mode", choices=("full", "depthwise"), default=None,
-                   help="what a halo cell computes: every layer (full) or only the depthwise convs' inputs "
-                        "(depthwise; EfficientNet-Lite; default: the model's)")
 
 
 def cmd_train(args):
@@ -188,7 +180,7 @@ def cmd_tune_crf(args):
 def cmd_evaluate(args):
     from keras_lc.metrics import evaluate_cascade, format_report
 
-    model = _load(args.model, halo=args.halo, halo_mode=args.halo_mode)
+    model = _load(args.model, halo=args.halo)
     if args.num_classes != model.num_classes:
         args.num_classes = model.num_classes
     crf = None
@@ -333,7 +325,7 @@ def cmd_bench(args):
         raise SystemExit("keras-lc: --save goes with --crossover")
     if args.save and not args.save.endswith(".keras"):
         raise SystemExit(f"keras-lc: --save needs a .keras file name; got {args.save}")
-    model = _load(args.model, halo=args.halo, halo_mode=args.halo_mode)
+    model = _load(args.model, halo=args.halo)
     if args.images:
         import tensorflow as tf
 
@@ -348,8 +340,8 @@ def cmd_bench(args):
         from keras_lc.benchmark import REGION_COST_SLACK, measure_crossover
 
         result = measure_crossover(model, images, repeats=args.repeats)
-        print(f"stages 2-3, region path / dense path (batch {len(images)} at {args.height}x{args.width}), "
-              f"dense {1e3 * result['dense_seconds']:.1f} ms")
+        print(f"stages 2-3, region path / masked dense path (batch {len(images)} at {args.height}x{args.width}), "
+              f"masked dense {1e3 * result['dense_seconds']:.1f} ms; per stage: region path / plain dense stage")
         print(f"  forwarded  stages 2-3   stage 2   stage 3   (* over the target from 30%: fraction + "
               f"{REGION_COST_SLACK:g})")
         ok = result["within_target"]
@@ -548,9 +540,6 @@ def build_parser():
     p.add_argument("--halo", type=int, default=0,
                    help="stages 2-3 also compute this many cells around their region, as context only "
                         "(default 0: the paper's region convolution, zeros outside the region)")
-    p.add_argument("--halo-mode", choices=("full", "depthwise"), default="full",
-                   help="what a halo cell computes: every layer of stages 2-3 and their heads (full, the default) "
-                        "or only the depthwise convs' inputs (depthwise: cheaper; EfficientNet-Lite backbones)")
     p.add_argument("--block-counts", default=None,
                    help="irnet: blocks per stage as A,B,C (default 5,10,5; 10,20,10 is the full network)")
     p.add_argument("--imagenet-weights", default=None,

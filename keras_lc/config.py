@@ -39,7 +39,6 @@ class TrainConfig:
     aspp_rates: tuple | None = None
     loss_weights: tuple | None = None
     halo: int = 0
-    halo_mode: str = "full"
     save_every: int = 0
     val_images: int = 64
     out: str = "runs/demo"
@@ -58,7 +57,7 @@ class TrainConfig:
     CHOICES = {
         "backbone": BACKBONE_NAMES, "output_stride": (None, 8, 16), "optimizer": ("adam", "sgd"),
         "lr_schedule": ("constant", "cosine"), "class_weights": ("none", "median", "median-sqrt"),
-        "loss_resolution": ("stage", "input"), "head": ("plain", "aspp", "decoder"), "halo_mode": ("full", "depthwise"),
+        "loss_resolution": ("stage", "input"), "head": ("plain", "aspp", "decoder"),
         "strategy": ("default", "mirrored", "multi_worker"), "data": ("synthetic", "camvid", "voc", "cityscapes"),
         "precision": ("float32", "mixed_float16", "mixed_bfloat16"),
     }
@@ -166,7 +165,7 @@ class TrainConfig:
         if self.aspp_rates and self.head != "aspp":
             raise ValueError("aspp_rates needs head = 'aspp' (--head aspp)")
         return {"head": self.head, "aspp_rates": self.aspp_rates, "loss_resolution": self.loss_resolution,
-                "loss_weights": self.loss_weights, "halo": self.halo, "halo_mode": self.halo_mode}
+                "loss_weights": self.loss_weights, "halo": self.halo}
 
     def backbone_kwargs(self):
         """The keyword arguments of `build_model` that this config's backbone takes."""

@@ -309,7 +309,8 @@ def test_loss_at_input_resolution_counts_thin_structures():
 
 def test_compute_paths_of_steps_and_rho_tensors(images):
     """The cascade train step fixes the region path (no data-dependent switch under the gradient tape: a
-    TensorFlow executor error with ASPP heads at full size); a ρ tensor ≥ 1 runs the dense graph whole."""
+    TensorFlow executor error with ASPP heads at full size); the initial step and a ρ tensor ≥ 1 run the plain
+    dense graph whole (every pixel is forwarded: nothing to mask)."""
     tf.keras.utils.set_random_seed(1)
     model = build_model("tiny", num_classes=4, rho=0.9, ignore_class=4, dense_threshold=0.5, **SMALL)
     seen = []
@@ -327,11 +328,16 @@ def test_compute_paths_of_steps_and_rho_tensors(images):
     model.training_mode = "initial"
     seen.clear()
     model.train_step((tf.constant(images), tf.constant(labels)))
-    assert {p for k, p in seen if k > 1} == {"dense"}
+    assert {p for k, p in seen if k > 1} == {"full"}
     seen.clear()
     out = model.forward_details(images, rho=tf.constant(1.0))  # eager: the branch ρ picks runs
-    assert {p for k, p in seen if k > 1} == {"dense"}
+    assert {p for k, p in seen if k > 1} == {"full"}
     np.testing.assert_allclose(out["probs"], model.forward_details(images, rho=1.0)["probs"], atol=1e-6)
+    masked = model.forward_details(images, rho=1.0, path="dense")  # the masked dense path: the same numbers
+    np.testing.assert_allclose(out["probs"], masked["probs"], atol=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="needs a region covering every pixel"):
+        s1 = model.run_stage(1, model.preprocess(images))
+        model.run_stage(2, s1["features"], tf.zeros(tf.shape(s1["next_region"]), tf.bool), path="full")
     seen.clear()
     low = model.forward_details(images, rho=tf.constant(0.7))
     assert {p for k, p in seen if k > 1} == {"auto"}

@@ -402,14 +402,13 @@ def test_halo_models_export_with_their_halo(model, tmp_path, inputs):
     np.testing.assert_array_equal(got["stage"], ref["stage"])
 
 
-def test_lite_model_with_a_depthwise_halo_exports(tmp_path):
+def test_lite_model_with_a_halo_exports(tmp_path):
     """The flagship's kind of model (EfficientNet-Lite, dilated region depthwise convs in the phase layout, a
-    depthwise-only halo) gives the Keras numbers through SavedModel and ONNX."""
+    halo) gives the Keras numbers through SavedModel and ONNX."""
     import onnxruntime as ort
 
     tf.keras.utils.set_random_seed(7)
-    lite = build_model("efficientnet_lite0", num_classes=4, rho=0.6, dense_threshold=None, halo=1,
-                       halo_mode="depthwise")
+    lite = build_model("efficientnet_lite0", num_classes=4, rho=0.6, dense_threshold=None, halo=1)
     x = np.random.default_rng(3).integers(0, 256, (1, 96, 128, 3)).astype(np.uint8)
     rho = float(np.quantile(lite(x, rho=1.0)["stage1"].numpy().max(-1), 0.5))
     ref = lite(x, rho=rho)

@@ -78,29 +78,25 @@ class RegionDepthwiseConv2D(keras.layers.Layer):
 
     compact_input = True  # `apply_compact` takes compact rows (neighbours through the index)
 
-    def apply_compact(self, values, index, training=None, kernel=None, finish=None, read=None):
+    def apply_compact(self, values, index, training=None, kernel=None, finish=None):
         """Compact input -> compact output at the region pixels.
 
         Sparse index: `[N, C]` -> `[N, C]`. Dense index: `[B, H, W, C]` maps whose values
         outside the region are unspecified -> the same (masked here before the conv).
         `kernel` replaces the layer's (as in `apply_dense`); `finish`, a per-pixel function
         (bias, activation), is applied to the conv's output: on the map before the rows are
-        read back, where oneDNN fuses it into the depthwise conv. `read`: a sparse
-        `RegionIndex` of a subset of the region; the output is then its rows only
-        (`[N_read, C]`; the input region still supplies every neighbour). Ignored by a dense index.
+        read back, where oneDNN fuses it into the depthwise conv.
         """
         finish = finish or (lambda t: t)
         if index.dense:
-            return finish(self.apply_dense(values * tf.cast(index.mask, values.dtype), kernel=kernel))
+            return finish(self.apply_dense(index.masked(values), kernel=kernel))
         if self.method == "map" and self.dilation_rate != (1, 1):  # the map in its dilation-phase layout
             phases = index.scatter_phases(values, self.dilation_rate)
             kernel = tf.cast(self.kernel if kernel is None else kernel, values.dtype)
             y = finish(tf.nn.depthwise_conv2d(phases, kernel, [1, 1, 1, 1], "SAME"))
-            return (read or index).gather_phases(y, self.dilation_rate)
+            return index.gather_phases(y, self.dilation_rate)
         if self.method == "map":
-            return (read or index).gather(finish(self.apply_dense(index.scatter(values), kernel=kernel)))
-        if read is not None:  # taps: every row of the region, then the read pixels' rows
-            return tf.gather(self.apply_compact(values, index, kernel=kernel, finish=finish), index.rows_of(read))
+            return index.gather(finish(self.apply_dense(index.scatter(values), kernel=kernel)))
         taps = index.compact_neighbours(self.kernel_size, self.dilation_rate)  # [N, kh*kw], N = zero row
         zero = tf.zeros(tf.stack([1, tf.shape(values)[1]]), values.dtype)
         padded = tf.concat([values, zero], axis=0)

@@ -37,6 +37,8 @@ class RegionIndex:
     Args:
         region: bool tensor `[B, H, W]`, the pixels to compute.
         dense: bool. If True, layers compute densely and mask (the reference path).
+        full: bool (dense only). The region is known to cover every pixel (ρ ≥ 1 forwards every
+            pixel): layers compute densely with no masking, the plain dense network.
 
     Attributes:
         region: the bool region `[B, H, W]`.
@@ -45,7 +47,7 @@ class RegionIndex:
         flat: int32 `[N]`, `b*H*W + y*W + x` (sparse mode only).
     """
 
-    def __init__(self, region, dense=False):
+    def __init__(self, region, dense=False, full=False):
         region = tf.convert_to_tensor(region)
         if region.dtype != tf.bool:
             raise ValueError(f"A region must be a bool tensor [B, H, W]; got dtype {region.dtype.name}.")
@@ -53,6 +55,9 @@ class RegionIndex:
             raise ValueError(f"A region must have shape [B, H, W]; got shape {region.shape}.")
         self.region = region
         self.dense = bool(dense)
+        self.full = bool(full)
+        if self.full and not self.dense:
+            raise ValueError("RegionIndex(full=True) is a dense index (dense=True).")
         shape = tf.shape(region)
         self.batch, self.height, self.width = shape[0], shape[1], shape[2]
         self._neighbours = {}
@@ -121,6 +126,10 @@ class RegionIndex:
                     "the region must be [B, H, W] of the features."
                 )
 
+    def masked(self, values):
+        """Dense mode: `values` `[B, H, W, C]` with zeros outside the region (itself for a full index)."""
+        return values if self.full else values * tf.cast(self.mask, values.dtype)
+
     # ------------------------------------------------------- compact <-> dense
     def gather(self, x):
         """Dense `[B, H, W, C]` (or a padded flat map) -> compact (values at region pixels)."""
@@ -132,7 +141,7 @@ class RegionIndex:
     def scatter(self, values):
         """Compact -> dense `[B, H, W, C]` with zeros outside the region."""
         if self.dense:
-            return values * tf.cast(self.mask, values.dtype)
+            return self.masked(values)
         shape = tf.stack([self.batch, self.height, self.width, tf.shape(values)[-1]])
         return tf.reshape(self._expand(values, self.batch * self.height * self.width), shape)
 
@@ -149,11 +158,13 @@ class RegionIndex:
     def scatter_add(self, x, values):
         """`x` plus `values` at region pixels, `x` unchanged elsewhere."""
         if self.dense:
-            return x + values * tf.cast(self.mask, values.dtype)
+            return x + self.masked(values)
         return tf.tensor_scatter_nd_add(x, self.coords, values)
 
     def scatter_update(self, x, values):
         """`x` with its region pixels replaced by `values` (compact), unchanged elsewhere."""
+        if self.full:
+            return values
         if self.dense:
             mask = tf.cast(self.mask, values.dtype)
             return x * (1.0 - mask) + values * mask
@@ -217,11 +228,6 @@ class RegionIndex:
         """A phase-layout map `[d_h·d_w·B, ⌈H/d_h⌉, ⌈W/d_w⌉, C]` -> compact `[N, C]` at this region's pixels."""
         return tf.gather(tf.reshape(x, [-1, tf.shape(x)[-1]]), self.phase_flat(dilation))
 
-    def rows_of(self, other):
-        """int32 `[N_other]`: the row of each of `other`'s pixels in this index's compact features
-        (`other`, a sparse index of a subset of this region; sparse mode only)."""
-        return tf.gather(self.inverse, other.flat)
-
     def neighbours(self, kernel_size, dilation_rate):
         """Flat neighbour indices `[N, kh*kw]` into the map with one zero row appended.
 
@@ -271,39 +277,6 @@ class RegionIndex:
         patches = tf.gather(flat_x, flat)  # [N, kh*kw, C]
         kh, kw = kernel_size
         return tf.reshape(patches, [-1, kh * kw * channels])
-
-
-class HaloIndex:
-    """A region inside the region it computes on: the stage's `core` region and the `grown` one
-    (the core plus its halo cells), for stages whose halo cells only feed depthwise convolutions
-    (`LayerCascade(halo_mode="depthwise")`).
-
-    Compact features live on the grown region's rows (`[Ng, C]`); the core's rows are a subset.
-
-    Args:
-        core: `RegionIndex` of the region (what the stage decides and outputs).
-        grown: `RegionIndex` of a superset of it, in the same mode (sparse or dense).
-    """
-
-    def __init__(self, core, grown):
-        if core.dense != grown.dense:
-            raise ValueError("HaloIndex: the core and grown indices must both be sparse or both dense.")
-        self.core, self.grown, self.dense = core, grown, core.dense
-        if not self.dense:
-            self.core_rows = grown.rows_of(core)  # [Nc] rows of the core pixels among the grown ones
-            self._to_core_row = tf.gather(core.inverse, grown.flat)  # [Ng] core row, or Nc for a halo cell
-
-    def to_core(self, values):
-        """Grown-compact `[Ng, C]` -> core-compact `[Nc, C]` (dense: the map itself)."""
-        return values if self.dense else tf.gather(values, self.core_rows)
-
-    def add_at_core(self, values, update):
-        """Grown-compact `values` `[Ng, C]` plus core-compact `update` `[Nc, C]` at the core rows
-        (halo rows unchanged). Dense: maps, `update` masked to the core."""
-        if self.dense:
-            return values + update * tf.cast(self.core.mask, update.dtype)
-        zero = tf.zeros(tf.stack([1, tf.shape(update)[1]]), update.dtype)
-        return values + tf.gather(tf.concat([update, zero], axis=0), self._to_core_row)
 
 
 def as_region_index(region, dense=False):

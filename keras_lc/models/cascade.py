@@ -12,7 +12,6 @@ from keras_lc.models.cascade_steps import _IMAGE_ERROR, CascadeSteps, clear_erro
 
 TRAINING_MODES = ("initial", "cascade")
 LOSS_RESOLUTIONS = ("stage", "input")
-HALO_MODES = ("full", "depthwise")
 # Input scaling of 0..255 images, per backbone: (x - offset) / divisor.
 PREPROCESSING = {"symmetric": (127.5, 127.5), "efficientnet_lite": (127.0, 128.0)}
 FUSIONS = ("mean", "max")
@@ -75,12 +74,6 @@ class LayerCascade(CascadeSteps, keras.Model):
             final map stay those of the region itself: a grown cell only supplies context. A halo
             covering the grid gives the dense stages' features under the cascade's decisions.
             Costs time: the grown region is larger. Settable (`model.halo = 1`) without rebuilding.
-        halo_mode: what a halo cell computes: "full" (the default: every layer of stages 2–3 and
-            their heads) or "depthwise" (only what the region's depthwise convolutions read: the
-            expand conv of each residual block, from the cell's features at the stage's input or
-            after its channel-changing blocks; the projections and the head run on the region
-            alone). Cheaper context for MBConv stages (EfficientNet-Lite); needs stages that
-            accept `context=` (`supports_context`). No effect at halo 0. Settable.
         **kwargs: `keras.Model` arguments (name, ...).
 
     Call arguments:
@@ -113,7 +106,6 @@ class LayerCascade(CascadeSteps, keras.Model):
         preprocessing="symmetric",
         loss_resolution="stage",
         halo=0,
-        halo_mode="full",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -155,7 +147,6 @@ class LayerCascade(CascadeSteps, keras.Model):
         self.label_keep = self._three("label_keep", label_keep, 1e-6, 1.0, None)
         self.stages = stages
         self.heads = heads
-        self._halo_mode = self._check_halo_mode(halo_mode)
         self._rho_value = check_rho(rho)
         self._rho = tf.Variable(self._rho_value, trainable=False, dtype=tf.float32, name="rho")
         self._training_mode = self._check_mode(training_mode)
@@ -252,24 +243,6 @@ class LayerCascade(CascadeSteps, keras.Model):
         self._halo = self._check_halo(value)
         self._reset_functions()  # a constant of the traced graph
 
-    def _check_halo_mode(self, value):
-        if value not in HALO_MODES:
-            raise ValueError(f"halo_mode must be one of {HALO_MODES}; got {value!r}.")
-        if value == "depthwise" and not all(getattr(s, "supports_context", False) for s in self.stages[1:]):
-            raise ValueError("halo_mode='depthwise' needs MBConv stages that take depthwise context "
-                             "(the EfficientNet-Lite backbones); this backbone supports halo_mode='full'.")
-        return value
-
-    @property
-    def halo_mode(self):
-        """What a halo cell computes: "full" (every layer) or "depthwise" (the depthwise convs' inputs only)."""
-        return self._halo_mode
-
-    @halo_mode.setter
-    def halo_mode(self, value):
-        self._halo_mode = self._check_halo_mode(value)
-        self._reset_functions()  # a constant of the traced graph
-
     @property
     def dense(self):
         """If True, every stage is computed densely and masked: the reference
@@ -346,14 +319,15 @@ class LayerCascade(CascadeSteps, keras.Model):
                 stage 1, which computes every pixel). The stage computes them, grown by `halo`.
             rho: float or float32 scalar tensor; None: the model's.
             path: "auto" (dense from `dense_threshold` up), "region" (the region path whatever
-                the fraction) or "dense" (the masked dense computation: same numbers).
+                the fraction), "dense" (the masked dense computation: same numbers) or "full"
+                (the plain dense network, no masks: for a region covering every pixel, as at
+                ρ ≥ 1; checked).
             training: bool.
             low_level: stages 2–3 with decoder heads: stage 1's `low_level` output.
 
         Returns:
             dict: `features` (the stage's output), `probs` float32 `[B, h, w, K]` and `logits`
-            (zeros outside the computed region, i.e. the region grown by `halo`, or the region
-            itself with `halo_mode="depthwise"`, whose heads run on the region; decoder heads:
+            (zeros outside the computed region, i.e. the region grown by `halo`; decoder heads:
             `[B, H/4, W/4, K]`, zeros outside its cells), `next_region` bool `[B, h, w]` (the
             region's pixels forwarded to stage k + 1: never a halo cell), `low_level` (stage 1
             with decoder heads: its stride-4 features `[B, H/4, W/4, C']`, which the later heads
@@ -361,8 +335,8 @@ class LayerCascade(CascadeSteps, keras.Model):
         """
         if k not in (1, 2, 3):
             raise ValueError(f"k must be 1, 2 or 3; got {k!r}.")
-        if path not in ("auto", "region", "dense"):
-            raise ValueError(f"path must be 'auto', 'region' or 'dense'; got {path!r}.")
+        if path not in ("auto", "region", "dense", "full"):
+            raise ValueError(f"path must be 'auto', 'region', 'dense' or 'full'; got {path!r}.")
         rho = self.rho_tensor if rho is None else tf.cast(rho, tf.float32)
         head_kwargs = {"rho": rho, "return_logits": True, "training": training}
         if k == 1:
@@ -371,7 +345,7 @@ class LayerCascade(CascadeSteps, keras.Model):
                 head_kwargs["low_level"] = low_level
             else:
                 y = self.stages[0](features, training=training)
-            index = RegionIndex(tf.ones(tf.shape(y)[:3], tf.bool), dense=True)
+            index = RegionIndex(tf.ones(tf.shape(y)[:3], tf.bool), dense=True, full=True)
             probs, next_region, logits = self.heads[0](y, region=index, **head_kwargs)
             return {"features": y, "probs": probs, "next_region": next_region, "logits": logits,
                     "low_level": low_level if self.decoder else None}
@@ -384,19 +358,20 @@ class LayerCascade(CascadeSteps, keras.Model):
 
         computed = grow_region(region, self.halo)  # the region itself at halo 0
 
-        def run(use_dense):
-            if self.halo and self.halo_mode == "depthwise":  # the halo only feeds the depthwise convs
-                index = RegionIndex(region, dense=use_dense)
-                y = self.stages[k - 1](features, region=index, context=RegionIndex(computed, dense=use_dense),
-                                       training=training)
-            else:
-                index = RegionIndex(computed, dense=use_dense)
-                y = self.stages[k - 1](features, region=index, training=training)
+        def run(use_dense, full=False):
+            index = RegionIndex(computed, dense=use_dense, full=full)
+            y = self.stages[k - 1](features, region=index, training=training)
             probs, next_region, logits = self.heads[k - 1](y, region=index, **head_kwargs)
             if self.halo:  # a halo cell is context only: decided by an earlier stage, never forwarded
                 next_region = tf.logical_and(next_region, region)
             return {"features": y, "probs": probs, "next_region": next_region, "logits": logits, "low_level": None}
 
+        if path == "full":  # every pixel: the dense computation with nothing to mask
+            check = tf.debugging.Assert(tf.reduce_all(region), [f"run_stage({k}, path='full') needs a region "
+                                                                "covering every pixel"])
+            with tf.control_dependencies([check]):
+                features = tf.identity(features)
+            return run(True, full=True)
         if path == "dense":
             return run(True)
         if self.dense_threshold is None or path == "region":
@@ -463,9 +438,10 @@ class LayerCascade(CascadeSteps, keras.Model):
         if path is None and not (dense or forward_all) and static_rho is None and self.dense_threshold is not None:
             # ρ is a tensor (as in the SavedModel signatures): at ρ ≥ 1 every pixel is forwarded, so stages 2–3
             # run densely with no per-stage switch (stage 1, the same either way, stays outside the switch).
-            s2, s3 = tf.cond(rho >= 1.0, lambda: later_stages("dense"), lambda: later_stages("auto"))
+            s2, s3 = tf.cond(rho >= 1.0, lambda: later_stages("full"), lambda: later_stages("auto"))
         else:
-            s2, s3 = later_stages(path or ("dense" if dense or forward_all else "auto"))
+            every_pixel = forward_all or (static_rho is not None and static_rho >= 1.0)  # ρ ≥ 1 forwards them all
+            s2, s3 = later_stages(path or ("full" if every_pixel else "dense" if dense else "auto"))
         full, r2, r3 = tf.ones(tf.shape(s1["next_region"]), tf.bool), s1["next_region"], s2["next_region"]
         (l1, p1), (l2, p2), (l3, p3) = [(s["logits"], s["probs"]) for s in (s1, s2, s3)]
 
@@ -572,7 +548,6 @@ class LayerCascade(CascadeSteps, keras.Model):
             "preprocessing": self.preprocessing,
             "loss_resolution": self.loss_resolution,
             "halo": self.halo,
-            "halo_mode": self.halo_mode,
         }
 
     @classmethod

@@ -30,7 +30,7 @@ import keras
 import tensorflow as tf
 
 from keras_lc.layers.region_depthwise import RegionDepthwiseConv2D
-from keras_lc.layers.region_index import HaloIndex, as_region_index
+from keras_lc.layers.region_index import as_region_index
 from keras_lc.models.inception_resnet_v2 import RegionConvBN
 
 # (kernel, stride, expand ratio, input channels, output channels, repeats) of EfficientNet-B0 / Lite0.
@@ -151,21 +151,13 @@ class MBConvBlock(keras.layers.Layer):
 
     compact_input = True  # expand is 1×1, the depthwise conv reads neighbours through the index
 
-    def branch(self, values, index, read=None):
-        """The block without its residual: compact `[N, Cin]` (or a map for a dense index) ->
-        `[N, Cout]`; with `read` (a sparse `RegionIndex` of a subset of the region), only the
-        read pixels' rows `[N_read, Cout]`: the expand conv runs on every row of the region (the
-        depthwise conv's inputs), the depthwise output and the projection only on the read rows."""
-        t = self.expand.apply_compact(values) if self.expand is not None else values
-        kernel, bias = self._depthwise_folded(t.dtype)
-        t = self.depthwise.apply_compact(t, index, kernel=kernel, finish=lambda y: tf.nn.relu6(tf.nn.bias_add(y, bias)),
-                                         read=read)
-        return self.project.apply_compact(t)
-
     def apply_compact(self, values, index, training=None):
         """The block on compact values (`[N, Cin]` sparse, or a full map for a dense index,
         values outside the region unspecified) -> compact `[N, Cout]` (residual included)."""
-        t = self.branch(values, index)
+        t = self.expand.apply_compact(values) if self.expand is not None else values
+        kernel, bias = self._depthwise_folded(t.dtype)
+        t = self.depthwise.apply_compact(t, index, kernel=kernel, finish=lambda y: tf.nn.relu6(tf.nn.bias_add(y, bias)))
+        t = self.project.apply_compact(t)
         return values + t if self.residual else t
 
     def apply_dense(self, x):
@@ -275,43 +267,17 @@ class EfficientNetLiteStage(keras.layers.Layer):
                 low = x
         return x, low
 
-    supports_context = True  # `call(..., context=)`: halo cells that only feed the depthwise convs
-
-    def call(self, inputs, region=None, training=None, context=None):
+    def call(self, inputs, region=None, training=None):
         if self.stage == 1 or self.output_stride == 32 and region is None:
             return self._dense(inputs)[0]
         index = as_region_index(region)
         index.check_features(inputs, f"stage {self.stage} inputs")
-        if context is not None:
-            values = self._compact_with_context(inputs, index, as_region_index(context, dense=index.dense))
-        else:
-            values = index.gather(inputs)  # compact trunk: one gather, one write-back at the end
-            for block in self.blocks:
-                values = block.apply_compact(values, index)
+        values = index.gather(inputs)  # compact trunk: one gather, one write-back at the end
+        for block in self.blocks:
+            values = block.apply_compact(values, index)
         if self.blocks[0].residual:
             return index.scatter_update(inputs, values)
         return index.scatter(values)
-
-    def _compact_with_context(self, inputs, index, context):
-        """The stage on `index`'s pixels, with the cells of `context` (a superset) as depthwise context.
-
-        A channel-changing block computes every context cell (later blocks read its output there),
-        except the stage's last, which nothing reads after; a residual block computes only its expand
-        conv on the context cells outside the region (the inputs of its depthwise conv) and keeps
-        their features. Returns the region's compact output `[N, C_out]` (a map for dense indices).
-        """
-        halo = HaloIndex(index, context)
-        read = None if index.dense else index
-        values = context.gather(inputs)  # [Ng, Cin]: the grown region's rows
-        last = len(self.blocks) - 1
-        for i, block in enumerate(self.blocks):
-            if block.residual:
-                values = halo.add_at_core(values, block.branch(values, context, read=read))
-            elif i < last:
-                values = block.apply_compact(values, context)
-            else:
-                return block.branch(values, context, read=read)
-        return halo.to_core(values)
 
     def named_layers(self):
         """`{checkpoint name: layer}` of every conv and BN in this stage."""

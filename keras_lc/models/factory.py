@@ -69,8 +69,7 @@ BACKBONES |= {v: _lite(v) for v in LITE_VARIANTS}
 
 def build_model(backbone="tiny", num_classes=5, rho=0.985, ignore_class=None,
                 training_mode="cascade", dense_threshold="auto", class_weights=None, loss_weights=None, label_keep=None,
-                weights=None, loss_resolution="stage", head="plain", aspp_rates=None, halo=0, halo_mode="full",
-                **backbone_kwargs):
+                weights=None, loss_resolution="stage", head="plain", aspp_rates=None, halo=0, **backbone_kwargs):
     """Build a LayerCascade on a named backbone.
 
     Args:
@@ -84,7 +83,7 @@ def build_model(backbone="tiny", num_classes=5, rho=0.985, ignore_class=None,
         training_mode: "initial" or "cascade".
         dense_threshold: see `LayerCascade`; "auto" (default) takes the backbone's measured
             crossover from `DENSE_THRESHOLDS`.
-        class_weights, loss_weights, label_keep, loss_resolution, halo, halo_mode: see `LayerCascade`.
+        class_weights, loss_weights, label_keep, loss_resolution, halo: see `LayerCascade`.
         head: "plain" (conv 3×3 → conv 1×1, the paper's LC heads), "aspp" (DeepLab-v2's atrous
             spatial pyramid pooling, one 3×3 branch per rate, logits summed) or "decoder"
             (EfficientNet-Lite only: the plain head's hidden features and stage 1's stride-4
@@ -132,7 +131,6 @@ def build_model(backbone="tiny", num_classes=5, rho=0.985, ignore_class=None,
         stages, heads, num_classes, rho=rho, ignore_class=ignore_class, training_mode=training_mode,
         dense_threshold=dense_threshold, class_weights=class_weights,
         loss_weights=loss_weights, label_keep=label_keep, loss_resolution=loss_resolution, halo=halo,
-        halo_mode=halo_mode,
         name=f"lc_{backbone}",
         preprocessing="efficientnet_lite" if backbone in LITE_VARIANTS else "symmetric",
     )

@@ -281,7 +281,7 @@ class IRNetStage(keras.layers.Layer):
                 x = layer.apply_dense(x, strides=2 if i == 0 else 1)
                 if i in (2, 4):  # the stem's two stride-2 max pools
                     x = tf.nn.max_pool2d(x, 3, 2, "SAME")
-            full = RegionIndex(tf.ones(tf.shape(x)[:3], tf.bool), dense=True)
+            full = RegionIndex(tf.ones(tf.shape(x)[:3], tf.bool), dense=True, full=True)
             pool = tf.nn.avg_pool2d(x, 3, 1, "SAME")
             outs = [_chain(b, x, full) for b in self.mixed_5b[:3]] + [self.mixed_5b[3][0].apply_at(pool, full)]
             x = tf.concat(outs, axis=-1)

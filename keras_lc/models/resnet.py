@@ -114,7 +114,7 @@ class ResNetStage(keras.layers.Layer):
     def _projection_block(self, x, index, branch, shortcut, strides):
         if index.dense and strides != 1:
             short = shortcut.apply_dense(x, strides)
-            full = RegionIndex(tf.ones(tf.shape(short)[:3], tf.bool), dense=True)
+            full = RegionIndex(tf.ones(tf.shape(short)[:3], tf.bool), dense=True, full=True)
             return tf.nn.relu(short + branch.apply_at(x, index, strides=strides)), full
         out = tf.nn.relu(shortcut.apply_at(x, index) + branch.apply_at(x, index))
         return index.scatter(out), index
@@ -124,7 +124,7 @@ class ResNetStage(keras.layers.Layer):
         if self.stage == 1:
             x = self.conv1.apply_dense(x, strides=2)
             x = tf.nn.max_pool2d(x, 3, 2, "SAME")
-            index = RegionIndex(tf.ones(tf.shape(x)[:3], tf.bool), dense=True)
+            index = RegionIndex(tf.ones(tf.shape(x)[:3], tf.bool), dense=True, full=True)
         else:
             index = as_region_index(region)
             if not index.dense:  # compact trunk: gather once, one scatter at the end (zeros outside M)
