@@ -157,6 +157,29 @@ def test_stage_region_equals_dense_and_gradients(output_stride):
         np.testing.assert_allclose(a, b, atol=1e-3, rtol=1e-3)
 
 
+@pytest.mark.parametrize("stage_number,output_stride", [(3, 16), (2, 8), (3, 8)])
+def test_dense_stage_on_the_phase_layout_equals_the_plain_blocks(stage_number, output_stride):
+    """A dense index runs each run of equally dilated blocks on the map's phase layout, with one
+    SpaceToBatch/BatchToSpace per run: the same numbers as the blocks' own dilated convs."""
+    stage = EfficientNetLiteStage(stage_number, "efficientnet_lite0", output_stride)
+    cin = stage.blocks[0].input_channels
+    stage.build((None, None, None, cin))
+    _randomise_bn(stage, 3)
+    x = tf.random.stateless_normal([2, 7, 9, cin], seed=[13, 14])  # odd sizes: the layout pads
+    plain = x
+    for block in stage.blocks:
+        plain = block.apply_dense(plain)
+    full = RegionIndex(tf.ones([2, 7, 9], tf.bool), dense=True, full=True)
+    np.testing.assert_allclose(stage(x, region=full), plain, atol=1e-4)
+    region = blob_region((2, 7, 9), 0.5, seed=4)
+    np.testing.assert_allclose(stage(x, region=RegionIndex(region, dense=True)), stage(x, region=RegionIndex(region)),
+                               atol=1e-4)
+    runs = len({b.depthwise.dilation_rate for b in stage.blocks} - {(1, 1)})
+    graph = tf.function(lambda x: stage(x, region=full)).get_concrete_function(x).graph
+    ops = [n.op for n in graph.as_graph_def().node]
+    assert ops.count("BatchToSpaceND") == runs and ops.count("SpaceToBatchND") == 2 * runs  # features, region
+
+
 def test_block_specs_follow_the_lite_builder():
     lite0 = block_specs("efficientnet_lite0", 16)
     assert len(lite0) == 16 and [s["output_channels"] for s in lite0][-1] == 320

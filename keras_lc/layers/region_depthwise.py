@@ -78,16 +78,21 @@ class RegionDepthwiseConv2D(keras.layers.Layer):
 
     compact_input = True  # `apply_compact` takes compact rows (neighbours through the index)
 
-    def apply_compact(self, values, index, training=None, kernel=None, finish=None):
+    def apply_compact(self, values, index, training=None, kernel=None, finish=None, phased=False):
         """Compact input -> compact output at the region pixels.
 
         Sparse index: `[N, C]` -> `[N, C]`. Dense index: `[B, H, W, C]` maps whose values
         outside the region are unspecified -> the same (masked here before the conv).
         `kernel` replaces the layer's (as in `apply_dense`); `finish`, a per-pixel function
         (bias, activation), is applied to the conv's output: on the map before the rows are
-        read back, where oneDNN fuses it into the depthwise conv.
+        read back, where oneDNN fuses it into the depthwise conv. `phased` (dense index only):
+        `values` and the index are in the dilation-phase layout of this layer's dilation
+        (`region_index.to_phases`), so the kernel runs undilated.
         """
         finish = finish or (lambda t: t)
+        if index.dense and phased:
+            kernel = tf.cast(self.kernel if kernel is None else kernel, values.dtype)
+            return finish(tf.nn.depthwise_conv2d(index.masked(values), kernel, [1, 1, 1, 1], "SAME"))
         if index.dense:
             return finish(self.apply_dense(index.masked(values), kernel=kernel))
         if self.method == "map" and self.dilation_rate != (1, 1):  # the map in its dilation-phase layout

@@ -279,6 +279,23 @@ class RegionIndex:
         return tf.reshape(patches, [-1, kh * kw * channels])
 
 
+def to_phases(x, dilation):
+    """A map `[B, H, W, C]` -> its dilation-phase layout `[d_h·d_w·B, ⌈H/d_h⌉, ⌈W/d_w⌉, C]` (zero-padded at
+    the bottom and right): a conv dilated by `dilation` on the map is the undilated conv on this layout
+    with 'SAME' zero padding, provided the padding cells hold zeros. One SpaceToBatch copy."""
+    dh, dw = dilation
+    shape = tf.shape(x)
+    pads = [[0, (-shape[1]) % dh], [0, (-shape[2]) % dw]]
+    return tf.space_to_batch(x, [dh, dw], pads)
+
+
+def from_phases(x, dilation, height, width):
+    """The inverse of `to_phases`: `[d_h·d_w·B, ⌈H/d_h⌉, ⌈W/d_w⌉, C]` -> `[B, height, width, C]`."""
+    dh, dw = dilation
+    crops = [[0, (-height) % dh], [0, (-width) % dw]]
+    return tf.batch_to_space(x, [dh, dw], crops)
+
+
 def as_region_index(region, dense=False):
     """Accept a bool region tensor or a RegionIndex; return a RegionIndex."""
     if isinstance(region, RegionIndex):

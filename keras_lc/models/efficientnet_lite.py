@@ -30,7 +30,7 @@ import keras
 import tensorflow as tf
 
 from keras_lc.layers.region_depthwise import RegionDepthwiseConv2D
-from keras_lc.layers.region_index import as_region_index
+from keras_lc.layers.region_index import RegionIndex, as_region_index, from_phases, to_phases
 from keras_lc.models.inception_resnet_v2 import RegionConvBN
 
 # (kernel, stride, expand ratio, input channels, output channels, repeats) of EfficientNet-B0 / Lite0.
@@ -151,12 +151,14 @@ class MBConvBlock(keras.layers.Layer):
 
     compact_input = True  # expand is 1×1, the depthwise conv reads neighbours through the index
 
-    def apply_compact(self, values, index, training=None):
+    def apply_compact(self, values, index, training=None, phased=False):
         """The block on compact values (`[N, Cin]` sparse, or a full map for a dense index,
-        values outside the region unspecified) -> compact `[N, Cout]` (residual included)."""
+        values outside the region unspecified) -> compact `[N, Cout]` (residual included).
+        `phased`: a dense index and map in the dilation-phase layout (`RegionDepthwiseConv2D`)."""
         t = self.expand.apply_compact(values) if self.expand is not None else values
         kernel, bias = self._depthwise_folded(t.dtype)
-        t = self.depthwise.apply_compact(t, index, kernel=kernel, finish=lambda y: tf.nn.relu6(tf.nn.bias_add(y, bias)))
+        t = self.depthwise.apply_compact(t, index, kernel=kernel, finish=lambda y: tf.nn.relu6(tf.nn.bias_add(y, bias)),
+                                         phased=phased)
         t = self.project.apply_compact(t)
         return values + t if self.residual else t
 
@@ -273,8 +275,25 @@ class EfficientNetLiteStage(keras.layers.Layer):
         index = as_region_index(region)
         index.check_features(inputs, f"stage {self.stage} inputs")
         values = index.gather(inputs)  # compact trunk: one gather, one write-back at the end
-        for block in self.blocks:
-            values = block.apply_compact(values, index)
+        blocks = list(self.blocks)
+        while blocks:
+            block = blocks.pop(0)
+            dilation = block.depthwise.dilation_rate
+            if not index.dense or dilation == (1, 1):
+                values = block.apply_compact(values, index)
+                continue
+            # Dense: a run of blocks with one dilation works on the map's dilation-phase layout, so their
+            # depthwise convs run undilated with no SpaceToBatch/BatchToSpace copy each (the region path's
+            # `RegionIndex.scatter_phases` is the same layout); the padding cells are outside the region.
+            run = [block]
+            while blocks and blocks[0].depthwise.dilation_rate == dilation:
+                run.append(blocks.pop(0))
+            phases = to_phases(values, dilation)
+            inside = to_phases(tf.cast(index.region, values.dtype)[..., None], dilation)[..., 0] > 0.5
+            phase_index = RegionIndex(inside, dense=True)
+            for b in run:
+                phases = b.apply_compact(phases, phase_index, phased=True)
+            values = from_phases(phases, dilation, tf.shape(inputs)[1], tf.shape(inputs)[2])
         if self.blocks[0].residual:
             return index.scatter_update(inputs, values)
         return index.scatter(values)
