@@ -31,6 +31,25 @@ def _pair(value, name):
     return value
 
 
+def _expand_rows(values, inverse, flat):
+    """Compact `[N, C]` -> `[len(inverse), C]`: row r is `values[inverse[r]]`, or zeros where
+    `inverse[r] == N`. One gather from the values with a zero row appended; its custom gradient
+    is the gather of the N rows at `flat` (each compact row's one position), not the segment sum
+    over the whole map that `tf.gather`'s gradient is."""
+
+    @tf.custom_gradient
+    def expand(values):
+        zero = tf.zeros(tf.stack([1, tf.shape(values)[1]]), values.dtype)
+        out = tf.gather(tf.concat([values, zero], axis=0), inverse)
+
+        def grad(upstream):
+            return tf.gather(upstream, flat)
+
+        return out, grad
+
+    return expand(values)
+
+
 class RegionIndex:
     """The indices of one region, computed once and shared by a stage's layers.
 
@@ -97,20 +116,7 @@ class RegionIndex:
         is the gather of N rows that `tf.scatter_nd`'s would be, not the segment sum over the
         whole map that `tf.gather`'s gradient is.
         """
-        inverse = self.inverse if rows is None else self.inverse[:rows]
-        flat = self.flat
-
-        @tf.custom_gradient
-        def expand(values):
-            zero = tf.zeros(tf.stack([1, tf.shape(values)[1]]), values.dtype)
-            out = tf.gather(tf.concat([values, zero], axis=0), inverse)
-
-            def grad(upstream):
-                return tf.gather(upstream, flat)
-
-            return out, grad
-
-        return expand(values)
+        return _expand_rows(values, self.inverse if rows is None else self.inverse[:rows], self.flat)
 
     # ----------------------------------------------------------------- checks
     def check_features(self, x, name="features"):
@@ -210,19 +216,8 @@ class RegionIndex:
         """Compact `[N, C]` -> the phase layout `[d_h·d_w·B, ⌈H/d_h⌉, ⌈W/d_w⌉, C]` of the map with
         zeros outside the region: an undilated 'SAME' conv on it is the dilated conv on the map."""
         pb, hp, wp = self._phase_shape(dilation)
-        inverse, flat = self._phase_inverse(dilation), self.phase_flat(dilation)
-
-        @tf.custom_gradient
-        def expand(values):  # as `_expand`: one gather, and the gather of N rows as its gradient
-            zero = tf.zeros(tf.stack([1, tf.shape(values)[1]]), values.dtype)
-            out = tf.gather(tf.concat([values, zero], axis=0), inverse)
-
-            def grad(upstream):
-                return tf.gather(upstream, flat)
-
-            return out, grad
-
-        return tf.reshape(expand(values), tf.stack([pb, hp, wp, tf.shape(values)[-1]]))
+        out = _expand_rows(values, self._phase_inverse(dilation), self.phase_flat(dilation))
+        return tf.reshape(out, tf.stack([pb, hp, wp, tf.shape(values)[-1]]))
 
     def gather_phases(self, x, dilation):
         """A phase-layout map `[d_h·d_w·B, ⌈H/d_h⌉, ⌈W/d_w⌉, C]` -> compact `[N, C]` at this region's pixels."""

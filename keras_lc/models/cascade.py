@@ -356,7 +356,8 @@ class LayerCascade(CascadeSteps, keras.Model):
                 raise ValueError(f"stage {k} of a model with decoder heads needs low_level (stage 1's output).")
             head_kwargs["low_level"] = low_level
 
-        computed = grow_region(region, self.halo)  # the region itself at halo 0
+        # the region itself at halo 0, and on the full path (a grown full region is the region)
+        computed = region if path == "full" else grow_region(region, self.halo)
 
         def run(use_dense, full=False):
             index = RegionIndex(computed, dense=use_dense, full=full)
