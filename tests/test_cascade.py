@@ -344,3 +344,51 @@ def test_compute_paths_of_steps_and_rho_tensors(images):
     np.testing.assert_allclose(low["probs"], model.forward_details(images, rho=0.7)["probs"], atol=1e-6)
     with pytest.raises(ValueError, match="path must be"):
         model.forward_details(images, path="auto")
+
+
+def _all_op_types(library, function_def):
+    types = [n.op for n in function_def.node_def]
+    for n in function_def.node_def:
+        if n.op in ("If", "StatelessIf"):
+            types.extend(_all_op_types(library, library[n.attr["then_branch"].func.name]))
+    return types
+
+
+def _fanin_op_types(library, function_def, output_index):
+    """Op types in the fan-in (data and control inputs) of a FunctionDef's output `output_index`; a nested
+    conditional contributes the ops of its then-branch (the per-stage switches: one head either way)."""
+    nodes = {n.name: n for n in function_def.node_def}
+    ret = function_def.ret[function_def.signature.output_arg[output_index].name]
+    todo, seen, types = [ret], set(), []
+    while todo:
+        name = todo.pop().lstrip("^").split(":")[0]
+        if name in seen or name not in nodes:  # a function argument
+            continue
+        seen.add(name)
+        node = nodes[name]
+        types.append(node.op)
+        if node.op in ("If", "StatelessIf"):
+            types.extend(_all_op_types(library, library[node.attr["then_branch"].func.name]))
+        todo.extend(node.input)
+    return types
+
+
+def test_rho_tensor_at_one_needs_only_the_last_head(images):
+    """With ρ a tensor (the serving signatures), the ρ ≥ 1 branch's labels read stage 3's head alone, so a
+    labels-only graph prunes heads 1–2 as the dense network (Python ρ = 1) does; the ρ < 1 branch reads all
+    three. The outputs of both branches equal the Python-ρ graph's."""
+    model = build_model("tiny", num_classes=4, rho=0.9, ignore_class=4, dense_threshold=0.5, **SMALL)
+    fn = tf.function(lambda x, r: model.forward_details(x, rho=r)["labels"])
+    graph_def = fn.get_concrete_function(tf.constant(images), tf.constant(1.0)).graph.as_graph_def()
+    cond = max((n for n in graph_def.node if n.op in ("If", "StatelessIf")), key=lambda n: len(n.attr["Tout"].list.type))
+    library = {f.signature.name: f for f in graph_def.library.function}
+    softmaxes = {branch: _fanin_op_types(library, library[cond.attr[branch].func.name], 0).count("Softmax")
+                 for branch in ("then_branch", "else_branch")}
+    assert softmaxes == {"then_branch": 1, "else_branch": 3}  # output 0: "labels" (flattened dicts sort their keys)
+    for r in (1.0, 0.7):
+        a, b = model.forward_details(images, rho=tf.constant(r)), model.forward_details(images, rho=r)
+        for key in ("labels", "stage"):
+            np.testing.assert_array_equal(a[key], b[key])
+        for k in range(3):
+            np.testing.assert_allclose(a["probs_per_stage"][k], b["probs_per_stage"][k], atol=1e-6)
+            np.testing.assert_array_equal(a["regions"][k], b["regions"][k])

@@ -340,15 +340,8 @@ class LayerCascade(CascadeSteps, keras.Model):
         rho = self.rho_tensor if rho is None else tf.cast(rho, tf.float32)
         head_kwargs = {"rho": rho, "return_logits": True, "training": training}
         if k == 1:
-            if self.decoder:
-                y, low_level = self.stages[0].features_and_low_level(features, training=training)
-                head_kwargs["low_level"] = low_level
-            else:
-                y = self.stages[0](features, training=training)
-            index = RegionIndex(tf.ones(tf.shape(y)[:3], tf.bool), dense=True, full=True)
-            probs, next_region, logits = self.heads[0](y, region=index, **head_kwargs)
-            return {"features": y, "probs": probs, "next_region": next_region, "logits": logits,
-                    "low_level": low_level if self.decoder else None}
+            y, low_level = self._stage1_features(features, training)
+            return self._stage1_head(y, low_level, rho, training)
         if region is None:
             raise ValueError(f"stage {k} needs a region: a bool tensor [B, h, w].")
         if self.decoder:
@@ -411,8 +404,7 @@ class LayerCascade(CascadeSteps, keras.Model):
         """
         dense = self._dense if dense is None else dense
         # ρ ≥ 1 known when tracing (a Python number, or the model's ρ): every pixel is forwarded,
-        # so skip the per-stage dense/region switch. Only the compute path is fixed here; the
-        # regions still come from the ρ tensor, and the dense path is exact for any region.
+        # so stages 2–3 run the plain dense network with all-true regions and no per-stage switch.
         static_rho = rho if isinstance(rho, (int, float)) else self._rho_value if rho is None else None
         dense = dense or (static_rho is not None and static_rho >= 1.0)
         x = self.preprocess(inputs)
@@ -428,37 +420,60 @@ class LayerCascade(CascadeSteps, keras.Model):
 
         if path not in (None, "region", "dense"):
             raise ValueError(f"path must be None, 'region' or 'dense'; got {path!r}.")
-        s1 = self.run_stage(1, x, rho=rho, training=training)
+        y1, low_level = self._stage1_features(x, training)
 
-        def later_stages(on):
-            low = {"low_level": s1["low_level"]}
-            s2 = self.run_stage(2, s1["features"], s1["next_region"], rho=rho, path=on, training=training, **low)
-            s3 = self.run_stage(3, s2["features"], s2["next_region"], rho=rho, path=on, training=training, **low)
-            return s2, s3
+        def after_stage1(on):
+            """Stage 1's head, stages 2–3 on path `on` and the combined outputs (a dict of tensors)."""
+            s1 = self._stage1_head(y1, low_level, rho, training)
+            low = {"low_level": low_level}
+            full = tf.ones(tf.shape(y1)[:3], tf.bool)  # from the features, not the head: see below
+            if on == "full":
+                # ρ ≥ 1 forwards every pixel (`forward_region` gives the region itself), so the regions are
+                # all-true by construction and the output is stage 3's: nothing downstream reads heads 1–2,
+                # and a graph that returns only labels prunes them, as the dense network does.
+                s2 = self.run_stage(2, y1, full, rho=rho, path="full", training=training, **low)
+                s3 = self.run_stage(3, s2["features"], full, rho=rho, path="full", training=training, **low)
+                r2 = r3 = full
+                combined, stage_low = s3["probs"], tf.fill(tf.shape(s3["probs"])[:3], tf.constant(3, tf.uint8))
+            else:
+                s2 = self.run_stage(2, y1, s1["next_region"], rho=rho, path=on, training=training, **low)
+                s3 = self.run_stage(3, s2["features"], s2["next_region"], rho=rho, path=on, training=training, **low)
+                r2, r3 = s1["next_region"], s2["next_region"]
+                fine = self.at_output_grid
+                stage_low = fine(1 + tf.cast(r2, tf.uint8) + tf.cast(r3, tf.uint8), s1["probs"])  # [B, h', w']
+                combined = tf.where(fine(r3, s1["probs"])[..., None], s3["probs"],
+                                    tf.where(fine(r2, s1["probs"])[..., None], s2["probs"], s1["probs"]))
+            probs = tf.image.resize(combined, tf.stack([in_h, in_w]), method="bilinear")
+            return {
+                "logits": [s["logits"] for s in (s1, s2, s3)],
+                "probs_per_stage": [s["probs"] for s in (s1, s2, s3)],
+                "regions": [full, r2, r3],
+                "labels": tf.argmax(probs, axis=-1, output_type=tf.int32),
+                "probs": probs,
+                "stage": resize_nearest(stage_low, in_h, in_w),
+            }
 
         if path is None and not (dense or forward_all) and static_rho is None and self.dense_threshold is not None:
             # ρ is a tensor (as in the SavedModel signatures): at ρ ≥ 1 every pixel is forwarded, so stages 2–3
-            # run densely with no per-stage switch (stage 1, the same either way, stays outside the switch).
-            s2, s3 = tf.cond(rho >= 1.0, lambda: later_stages("full"), lambda: later_stages("auto"))
-        else:
-            every_pixel = forward_all or (static_rho is not None and static_rho >= 1.0)  # ρ ≥ 1 forwards them all
-            s2, s3 = later_stages(path or ("full" if every_pixel else "dense" if dense else "auto"))
-        full, r2, r3 = tf.ones(tf.shape(s1["next_region"]), tf.bool), s1["next_region"], s2["next_region"]
-        (l1, p1), (l2, p2), (l3, p3) = [(s["logits"], s["probs"]) for s in (s1, s2, s3)]
+            # run densely with no per-stage switch (stage 1's features, the same either way, stay outside it).
+            return tf.cond(rho >= 1.0, lambda: after_stage1("full"), lambda: after_stage1("auto"))
+        every_pixel = forward_all or (static_rho is not None and static_rho >= 1.0)  # ρ ≥ 1 forwards them all
+        return after_stage1(path or ("full" if every_pixel else "dense" if dense else "auto"))
 
-        stage_low = 1 + tf.cast(r2, tf.uint8) + tf.cast(r3, tf.uint8)  # [B, h, w]
-        fine = self.at_output_grid
-        stage_low = fine(stage_low, p1)  # decoder heads: each cell's sub-pixels, [B, H/4, W/4]
-        combined = tf.where(fine(r3, p1)[..., None], p3, tf.where(fine(r2, p1)[..., None], p2, p1))
-        probs = tf.image.resize(combined, tf.stack([in_h, in_w]), method="bilinear")
-        return {
-            "logits": [l1, l2, l3],
-            "probs_per_stage": [p1, p2, p3],
-            "regions": [full, r2, r3],
-            "labels": tf.argmax(probs, axis=-1, output_type=tf.int32),
-            "probs": probs,
-            "stage": resize_nearest(stage_low, in_h, in_w),
-        }
+    def _stage1_features(self, x, training):
+        """Stage 1 without its head: `(features [B, h, w, C], low_level)` (low_level: decoder heads' stride-4
+        features, else None)."""
+        if self.decoder:
+            return self.stages[0].features_and_low_level(x, training=training)
+        return self.stages[0](x, training=training), None
+
+    def _stage1_head(self, y, low_level, rho, training):
+        """Stage 1's head on every pixel of its features `y`: `run_stage(1, ...)`'s dict."""
+        kwargs = {"low_level": low_level} if self.decoder else {}
+        index = RegionIndex(tf.ones(tf.shape(y)[:3], tf.bool), dense=True, full=True)
+        probs, next_region, logits = self.heads[0](y, region=index, rho=rho, return_logits=True, training=training,
+                                                   **kwargs)
+        return {"features": y, "probs": probs, "next_region": next_region, "logits": logits, "low_level": low_level}
 
     def at_output_grid(self, cells, like):
         """A stage-grid map `[B, h, w, ...]` (regions, stage maps) on the heads' output grid (that of
