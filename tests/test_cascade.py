@@ -380,7 +380,8 @@ def test_rho_tensor_at_one_needs_only_the_last_head(images):
     model = build_model("tiny", num_classes=4, rho=0.9, ignore_class=4, dense_threshold=0.5, **SMALL)
     fn = tf.function(lambda x, r: model.forward_details(x, rho=r)["labels"])
     graph_def = fn.get_concrete_function(tf.constant(images), tf.constant(1.0)).graph.as_graph_def()
-    cond = max((n for n in graph_def.node if n.op in ("If", "StatelessIf")), key=lambda n: len(n.attr["Tout"].list.type))
+    conds = [n for n in graph_def.node if n.op in ("If", "StatelessIf")]
+    cond = max(conds, key=lambda n: len(n.attr["Tout"].list.type))  # the ρ ≥ 1 switch returns the whole dict
     library = {f.signature.name: f for f in graph_def.library.function}
     softmaxes = {branch: _fanin_op_types(library, library[cond.attr[branch].func.name], 0).count("Softmax")
                  for branch in ("then_branch", "else_branch")}
