@@ -22,6 +22,18 @@ def _cascade_fn(model):
     return run
 
 
+def _computed_fn(model):
+    @tf.function(reduce_retracing=True)
+    def run(images, rho):
+        """The share of stage-grid cells stages 2 and 3 compute: their region grown by the model's halo."""
+        from keras_lc.layers.region_index import grow_region
+
+        regions = model.forward_details(images, rho=rho, training=False, dense=False)["regions"]
+        return [tf.reduce_mean(tf.cast(grow_region(regions[k], model.halo), tf.float32)) for k in (1, 2)]
+
+    return run
+
+
 def _dense_fn(model):
     @tf.function(reduce_retracing=True)
     def run(images):
@@ -59,7 +71,10 @@ def benchmark_cascade(model, images, rhos=(1.0, 0.995, 0.985, 0.95, 0.9, 0.8), r
     the same decisions: stage k (with its head) timed densely on the whole map, t_k,
     then `dense seconds / (t_1 + f_2 t_2 + f_3 t_3)`, f_k the share of pixels that
     reach stage k. It separates what the kernels lose from what the decisions allow
-    (stage 1 and its head always run on every pixel).
+    (stage 1 and its head always run on every pixel). With a halo, stages 2-3 compute more
+    cells than reach them: `ideal_halo_speedup` uses the cells they compute, c_k (`computed`,
+    the region grown by the halo, as a share of the stage grid), instead of f_k: the most a
+    perfect region path could give with this halo.
 
     Args:
         model: a `LayerCascade`.
@@ -74,9 +89,10 @@ def benchmark_cascade(model, images, rhos=(1.0, 0.995, 0.985, 0.95, 0.9, 0.8), r
 
     Returns:
         `{"dense": {"images_per_s", "seconds"}, "cascade": [{"rho", "images_per_s",
-        "seconds", "speedup", "stage_share": [s1, s2, s3]}, ...], "batch", "height",
-        "width", "repeats", "tensor_rho", "halo"}`; with `ideal`, also `"stage_seconds": {"stage1",
-        "stage2", "stage3"}` (dense, heads included) and `"ideal_speedup"` per ρ.
+        "seconds", "speedup", "stage_share": [s1, s2, s3], "computed": [c2, c3]}, ...], "batch",
+        "height", "width", "repeats", "tensor_rho", "halo"}`; with `ideal`, also `"stage_seconds":
+        {"stage1", "stage2", "stage3"}` (dense, heads included), `"ideal_speedup"` and
+        `"ideal_halo_speedup"` per ρ.
     """
     rhos = [check_rho(r) for r in rhos]
     if repeats < 1:
@@ -99,16 +115,19 @@ def benchmark_cascade(model, images, rhos=(1.0, 0.995, 0.985, 0.95, 0.9, 0.8), r
         "dense": {"images_per_s": batch / dense_s, "seconds": dense_s},
         "cascade": [],
     }
+    computed = _computed_fn(model)  # untimed
     for r in rhos:
         fn, fn_args = pieces[r]
         share = stage_share(fn(*fn_args)[1].numpy())
+        cells = [float(c) for c in computed(*fn_args)]
         result["cascade"].append({"rho": r, "images_per_s": batch / seconds[r], "seconds": seconds[r],
-                                  "speedup": dense_s / seconds[r], "stage_share": share})
+                                  "speedup": dense_s / seconds[r], "stage_share": share, "computed": cells})
     if ideal:
         t = stage_times(model, images, rho=1.0, repeats=repeats, warmup=warmup, dense=True)
         result["stage_seconds"] = {k: t[k] for k in ("stage1", "stage2", "stage3")}
         for row in result["cascade"]:
             row["ideal_speedup"] = ideal_speedup(dense_s, t, row["stage_share"])
+            row["ideal_halo_speedup"] = ideal_speedup(dense_s, t, row["stage_share"], computed=row["computed"])
     return result
 
 
@@ -284,11 +303,12 @@ def crossover_from_ratios(fractions, ratios):
     return round(crossover, 3)
 
 
-def ideal_speedup(dense_seconds, stage_seconds, stage_share):
+def ideal_speedup(dense_seconds, stage_seconds, stage_share, computed=None):
     """The speedup a perfect region path would reach with these decisions: stages 2-3 cost exactly
     the share of pixels reaching them of their dense time (`stage_seconds` {"stage1", "stage2",
-    "stage3"}, dense; `stage_share` [decided at 1, 2, 3])."""
-    reach2, reach3 = 1.0 - stage_share[0], stage_share[2]
+    "stage3"}, dense; `stage_share` [decided at 1, 2, 3]). `computed` `[c2, c3]`: the shares of
+    cells stages 2-3 compute (their regions grown by a halo), used instead of the shares reaching them."""
+    reach2, reach3 = (1.0 - stage_share[0], stage_share[2]) if computed is None else computed
     t = stage_seconds
     return dense_seconds / (t["stage1"] + reach2 * t["stage2"] + reach3 * t["stage3"])
 
@@ -296,27 +316,35 @@ def ideal_speedup(dense_seconds, stage_seconds, stage_share):
 def format_benchmark(result):
     """A plain-text table of `benchmark_cascade`'s result."""
     ideal = "stage_seconds" in result
+    halo = bool(result.get("halo"))
     rho_kind = "rho as a tensor (the SavedModel path)" if result.get("tensor_rho") else "rho as a Python number"
+    header = f"{'':>12}{'images/s':>10}{'vs dense':>10}"
+    if ideal:
+        header += f"{'ideal':>8}" + (f"{'ideal halo':>12}" if halo else "")
+    header += "   share decided at stage 1/2/3" + ("   cells computed by stage 2/3" if halo else "")
+    blank = (f"{'':>8}" + (f"{'':>12}" if halo else "")) if ideal else ""
     lines = [
         f"batch {result['batch']} at {result['height']}x{result['width']}, median of {result['repeats']} rounds, "
         + rho_kind,
-        f"{'':>12}{'images/s':>10}{'vs dense':>10}{'ideal':>8}   share decided at stage 1/2/3"
-        if ideal else f"{'':>12}{'images/s':>10}{'vs dense':>10}   share decided at stage 1/2/3",
-        f"{'dense':>12}{result['dense']['images_per_s']:10.2f}{1.0:9.2f}x" + (f"{'':>8}" if ideal else ""),
+        header,
+        f"{'dense':>12}{result['dense']['images_per_s']:10.2f}{1.0:9.2f}x" + blank,
     ]
     for row in result["cascade"]:
         share = " / ".join(f"{100 * s:.1f}%" for s in row["stage_share"])
-        best = f"{row['ideal_speedup']:7.2f}x" if ideal else ""
+        best = ""
+        if ideal:
+            best = f"{row['ideal_speedup']:7.2f}x" + (f"{row['ideal_halo_speedup']:11.2f}x" if halo else "")
+        cells = ("   " + " / ".join(f"{100 * c:.1f}%" for c in row["computed"])) if halo else ""
         rho = "rho " + format(row["rho"], "g")
-        lines.append(f"{rho:>12}{row['images_per_s']:10.2f}{row['speedup']:9.2f}x{best}   {share}")
+        lines.append(f"{rho:>12}{row['images_per_s']:10.2f}{row['speedup']:9.2f}x{best}   {share}{cells}")
     if ideal:
         t = result["stage_seconds"]
         lines.append(
             "ideal: the speedup if stages 2-3 cost exactly the share of pixels reaching them (dense stage times "
             + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in t.items()) + ", heads included)"
         )
-    if result.get("halo"):
+    if halo:
         lines.append(f"halo {result['halo']}: stages 2-3 also compute {result['halo']} cell(s) around the pixels "
-                     "reaching them (context only), more than the shares above" + (
-                         "; the ideal column does not count it" if ideal else ""))
+                     "reaching them (context only): 'cells computed' is their grown region's share of the stage grid"
+                     + ("; 'ideal halo' the ideal speedup with those shares" if ideal else ""))
     return "\n".join(lines)

@@ -87,6 +87,29 @@ def test_benchmark_and_stage_times_shapes(small_model, images):
         benchmark_cascade(small_model, images, rhos=[0.0])
 
 
+def test_benchmark_counts_the_cells_a_halo_computes(small_model, images):
+    from keras_lc.layers.region_index import grow_region
+
+    rho = 0.5  # the untrained model forwards about a third of the cells at this ρ: regions a halo grows
+    halo = small_model.halo
+    try:
+        r0 = benchmark_cascade(small_model, images, rhos=[rho], repeats=1, warmup=0)
+        regions = small_model.forward_details(images, rho=rho, dense=False)["regions"]
+        reach = [float(np.mean(regions[k])) for k in (1, 2)]
+        small_model.halo = 1
+        r1 = benchmark_cascade(small_model, images, rhos=[rho], repeats=1, warmup=0)
+        regions = small_model.forward_details(images, rho=rho, dense=False)["regions"]  # stage 2 differs with a halo
+        grown = [float(np.mean(grow_region(regions[k], 1))) for k in (1, 2)]
+    finally:
+        small_model.halo = halo
+    assert 0 < reach[1] < 1 and grown[0] > reach[0]
+    assert r0["cascade"][0]["computed"] == pytest.approx(reach, abs=1e-6)
+    assert r1["cascade"][0]["computed"] == pytest.approx(grown, abs=1e-6)
+    assert r0["cascade"][0]["ideal_halo_speedup"] == pytest.approx(r0["cascade"][0]["ideal_speedup"])
+    assert r1["cascade"][0]["ideal_halo_speedup"] < r1["cascade"][0]["ideal_speedup"]
+    assert "ideal halo" in format_benchmark(r1) and "ideal halo" not in format_benchmark(r0)
+
+
 def test_visualize_analyze_bench_cli(tmp_path, capsys):
     model = build_model("tiny", num_classes=3, rho=0.6, ignore_class=3, **SMALL)
     path = tmp_path / "m.keras"
@@ -116,6 +139,9 @@ def test_ideal_speedup_and_crossover_of_hand_built_tables():
     assert ideal_speedup(1.0, stages, [0.0, 0.0, 1.0]) == pytest.approx(1.0)
     assert ideal_speedup(1.0, stages, [1.0, 0.0, 0.0]) == pytest.approx(5.0)
     assert ideal_speedup(1.0, stages, [0.5, 0.25, 0.25]) == pytest.approx(1 / (0.2 + 0.5 * 0.3 + 0.25 * 0.5))
+    # with a halo the cells computed replace the shares reaching stages 2-3
+    assert ideal_speedup(1.0, stages, [0.5, 0.25, 0.25], computed=[0.8, 0.6]) == pytest.approx(
+        1 / (0.2 + 0.8 * 0.3 + 0.6 * 0.5))
     assert crossover_from_ratios([0.3, 0.5, 0.7, 1.0], [0.5, 0.8, 1.2, 1.5]) == pytest.approx(0.6)
     assert crossover_from_ratios([0.3, 0.5], [1.1, 1.3]) == 0.3  # never wins: the smallest fraction
     assert crossover_from_ratios([0.3, 1.0], [0.4, 0.9]) == 1.0  # always wins
