@@ -60,9 +60,9 @@ def _class_names(args, model):
     return class_names(model.num_classes)
 
 
-def _load(path, rho=None, halo=None):
+def _load(path, rho=None, halo=None, pad_to=None):
     """The `.keras` model at `path` (a one-line error if it is missing or damaged), at ρ `rho` and with
-    `halo` when given."""
+    `halo` and `pad_to` (0: no padding) when given."""
     import zipfile
 
     import keras
@@ -86,13 +86,20 @@ def _load(path, rho=None, halo=None):
         if halo < 0:
             raise SystemExit(f"keras-lc: --halo must be an integer >= 0; got {halo}")
         model.halo = halo
+    if pad_to is not None:
+        if pad_to < 0:
+            raise SystemExit(f"keras-lc: --pad-to must be an integer >= 0; got {pad_to}")
+        model.pad_to = pad_to or None
     return model
 
 
-def _add_halo_arg(p):
+def _add_geometry_args(p):
     p.add_argument("--halo", type=int, default=None,
                    help="run stages 2-3 with this many cells of context around their region (default: the "
                         "model's; 0 is the paper's region convolution)")
+    p.add_argument("--pad-to", type=int, default=None,
+                   help="pad images bottom/right to a multiple of this before stage 1 (default: the model's, "
+                        "its stage grid's stride; 0: no padding)")
 
 
 def cmd_train(args):
@@ -180,7 +187,7 @@ def cmd_tune_crf(args):
 def cmd_evaluate(args):
     from keras_lc.metrics import evaluate_cascade, format_report
 
-    model = _load(args.model, halo=args.halo)
+    model = _load(args.model, halo=args.halo, pad_to=args.pad_to)
     if args.num_classes != model.num_classes:
         args.num_classes = model.num_classes
     crf = None
@@ -277,10 +284,11 @@ def cmd_visualize(args):
         writer = tf.summary.create_file_writer(args.tensorboard)
     for step, (name, image, truth) in enumerate(_images_and_truth(args, model)):
         result = {k: v[0].numpy() for k, v in model(image[None], training=False).items()}
-        fig = cascade_figure(image, result, names, truth, title=f"{name}  (rho = {model.rho:g})", colours=colours)
+        fig = cascade_figure(image, result, names, truth, title=f"{name}  (rho = {model.rho:g})", colours=colours,
+                             pad_to=model.pad_to)
         save_figure(fig, out / f"{name}.png")
         if writer is not None:
-            tiles = cascade_panel_array(image, result, model.num_classes, truth, colours)
+            tiles = cascade_panel_array(image, result, model.num_classes, truth, colours, model.pad_to)
             strip = np.concatenate([t for _, t in tiles], axis=1)
             with writer.as_default():
                 tf.summary.image(f"cascade/{name}", strip[None], step=0)
@@ -325,7 +333,7 @@ def cmd_bench(args):
         raise SystemExit("keras-lc: --save goes with --crossover")
     if args.save and not args.save.endswith(".keras"):
         raise SystemExit(f"keras-lc: --save needs a .keras file name; got {args.save}")
-    model = _load(args.model, halo=args.halo)
+    model = _load(args.model, halo=args.halo, pad_to=args.pad_to)
     if args.images:
         import tensorflow as tf
 
@@ -570,7 +578,7 @@ def build_parser():
     p.add_argument("--rho", type=_rho, default=None, help="evaluate at this rho (default: the model's)")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     p.add_argument("--split", default="val", help="a split folder of --data-dir (train, val, test, ...)")
-    _add_halo_arg(p)
+    _add_geometry_args(p)
     _add_test_time_args(p)
     _add_data_args(p, num_images=64)
     p.set_defaults(func=cmd_evaluate)
@@ -676,7 +684,7 @@ def build_parser():
                    help="instead: measure the forwarded fraction above which stages 2-3 are cheaper dense "
                         "(the model's dense_threshold) and each stage's region cost, on this machine")
     p.add_argument("--save", default=None, help="with --crossover: save the model with that dense_threshold here")
-    _add_halo_arg(p)
+    _add_geometry_args(p)
     _add_test_time_args(p)
     p.set_defaults(func=cmd_bench)
     return parser

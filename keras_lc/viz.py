@@ -68,23 +68,28 @@ def _plt():
     return plt
 
 
-def stage_label_maps(outputs, height, width):
+def stage_label_maps(outputs, height, width, pad_to=None):
     """Per stage: labels at the input resolution `[H, W]` from that stage's probabilities.
 
-    Args: outputs: one image's model outputs (numpy), with `stage1`..`stage3` `[h, w, K]`.
+    Args:
+        outputs: one image's model outputs (numpy), with `stage1`..`stage3` `[h, w, K]`.
+        height, width: the image's size.
+        pad_to: the model's `pad_to`: its grid covers the image padded bottom/right to multiples of it.
     """
+    ph, pw = (height, width) if not pad_to else (-(-height // pad_to) * pad_to, -(-width // pad_to) * pad_to)
     maps = []
     for k in (1, 2, 3):
-        up = tf.image.resize(outputs[f"stage{k}"][None], (height, width), method="bilinear")[0]
+        up = tf.image.resize(outputs[f"stage{k}"][None], (ph, pw), method="bilinear")[0, :height, :width]
         maps.append(np.argmax(up.numpy(), -1))
     return maps
 
 
-def cascade_panel_array(image, outputs, num_classes, truth=None, colours=None):
+def cascade_panel_array(image, outputs, num_classes, truth=None, colours=None, pad_to=None):
     """The panel's images as uint8 arrays, in order, with their titles.
 
     Stage k's map shows the labels of the pixels it decided; pixels it forwarded
-    are light grey and pixels decided by an earlier stage are dark.
+    are light grey and pixels decided by an earlier stage are dark. `pad_to`: the model's
+    (see `stage_label_maps`).
     """
     image = np.asarray(image, np.uint8)
     h, w = image.shape[:2]
@@ -93,7 +98,7 @@ def cascade_panel_array(image, outputs, num_classes, truth=None, colours=None):
     tiles = [("image", image)]
     if truth is not None:
         tiles.append(("ground truth", colourize(truth, colours)))
-    for k, labels_k in enumerate(stage_label_maps(outputs, h, w), start=1):
+    for k, labels_k in enumerate(stage_label_maps(outputs, h, w, pad_to), start=1):
         tile = colourize(labels_k, colours)
         tile[stage > k] = GREY_FORWARDED
         tile[stage < k] = DARK_EARLIER
@@ -104,13 +109,14 @@ def cascade_panel_array(image, outputs, num_classes, truth=None, colours=None):
     return tiles
 
 
-def cascade_figure(image, outputs, class_names, truth=None, title=None, colours=None):
-    """A matplotlib figure like the paper's Figs. 4/6, with a legend of classes and stages."""
+def cascade_figure(image, outputs, class_names, truth=None, title=None, colours=None, pad_to=None):
+    """A matplotlib figure like the paper's Figs. 4/6, with a legend of classes and stages (`pad_to`: the
+    model's, see `stage_label_maps`)."""
     plt = _plt()
     from matplotlib.patches import Patch
 
     colours = palette(len(class_names)) if colours is None else colours
-    tiles = cascade_panel_array(image, outputs, len(class_names), truth, colours)
+    tiles = cascade_panel_array(image, outputs, len(class_names), truth, colours, pad_to)
     fig, axes = plt.subplots(1, len(tiles), figsize=(2.6 * len(tiles), 2.9), squeeze=False)
     for ax, (name, tile) in zip(axes[0], tiles):
         ax.imshow(tile, interpolation="nearest")

@@ -74,6 +74,14 @@ class LayerCascade(CascadeSteps, keras.Model):
             final map stay those of the region itself: a grown cell only supplies context. A halo
             covering the grid gives the dense stages' features under the cascade's decisions.
             Costs time: the grown region is larger. Settable (`model.halo = 1`) without rebuilding.
+        pad_to: int ≥ 1 or None (default: no padding). Images are padded at the bottom and right
+            to a multiple of `pad_to` (with the gray the training crops are padded with) before
+            stage 1, and the input-resolution outputs cropped back. Set to the stage grid's stride
+            (`build_model` does), every image's grid lies on it as on training crops whose sides are
+            multiples of the stride: with TensorFlow's "same" padding an odd-sized map at a strided
+            conv shifts the grid by a cell of that level (CamVid's 360 rows at output stride 16: the
+            last strided conv sees 45 rows). The stage grid's size is the same either way
+            (ceil(H / stride)). Settable without rebuilding.
         **kwargs: `keras.Model` arguments (name, ...).
 
     Call arguments:
@@ -106,10 +114,12 @@ class LayerCascade(CascadeSteps, keras.Model):
         preprocessing="symmetric",
         loss_resolution="stage",
         halo=0,
+        pad_to=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self._halo = self._check_halo(halo)
+        self._pad_to = self._check_pad_to(pad_to)
         if loss_resolution not in LOSS_RESOLUTIONS:
             raise ValueError(f"loss_resolution must be one of {LOSS_RESOLUTIONS}; got {loss_resolution!r}.")
         self.loss_resolution = loss_resolution
@@ -242,6 +252,34 @@ class LayerCascade(CascadeSteps, keras.Model):
     def halo(self, value):
         self._halo = self._check_halo(value)
         self._reset_functions()  # a constant of the traced graph
+
+    @staticmethod
+    def _check_pad_to(value):
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"pad_to must be an integer >= 1 (the stage grid's stride) or None; got {value!r}.")
+        return int(value)
+
+    @property
+    def pad_to(self):
+        """Images are padded bottom/right to a multiple of this before stage 1 (None: not padded)."""
+        return self._pad_to
+
+    @pad_to.setter
+    def pad_to(self, value):
+        self._pad_to = self._check_pad_to(value)
+        self._reset_functions()  # a constant of the traced graph
+
+    def pad_images(self, x):
+        """Preprocessed images `[B, H, W, 3]` -> `[B, H', W', 3]` padded bottom/right to multiples of
+        `pad_to` with the preprocessed gray 127.5 (what `random_scale_crop_flip` pads crops with)."""
+        if not self._pad_to:
+            return x
+        h, w = tf.shape(x)[1], tf.shape(x)[2]
+        offset, divisor = PREPROCESSING[self.preprocessing]
+        gray = (127.5 - offset) / divisor
+        return tf.pad(x, [[0, 0], [0, (-h) % self._pad_to], [0, (-w) % self._pad_to], [0, 0]], constant_values=gray)
 
     @property
     def dense(self):
@@ -398,7 +436,8 @@ class LayerCascade(CascadeSteps, keras.Model):
             `[B, H/4, W/4, K]`, see `at_output_grid`; zeros outside
             the stage's computed region); `regions`, list of 3 bool `[B, h, w]` (the pixels
             reaching each stage, which it decides and is trained on; stage 1's is all true; with
-            a `halo` the stage computes them grown by it); and at the input resolution: `labels` int32
+            a `halo` the stage computes them grown by it; with `pad_to`, the grid of the padded images);
+            and at the input resolution: `labels` int32
             `[B, H, W]`, `probs` float32 `[B, H, W, K]`, `stage` uint8 `[B, H, W]` (1..3, the
             deciding stage).
         """
@@ -409,6 +448,8 @@ class LayerCascade(CascadeSteps, keras.Model):
         dense = dense or (static_rho is not None and static_rho >= 1.0)
         x = self.preprocess(inputs)
         in_h, in_w = tf.shape(x)[1], tf.shape(x)[2]
+        x = self.pad_images(x)
+        pad_h, pad_w = tf.shape(x)[1], tf.shape(x)[2]
         if forward_all:
             rho = tf.constant(1.0)
         elif rho is None:
@@ -443,14 +484,15 @@ class LayerCascade(CascadeSteps, keras.Model):
                 stage_low = fine(1 + tf.cast(r2, tf.uint8) + tf.cast(r3, tf.uint8), s1["probs"])  # [B, h', w']
                 combined = tf.where(fine(r3, s1["probs"])[..., None], s3["probs"],
                                     tf.where(fine(r2, s1["probs"])[..., None], s2["probs"], s1["probs"]))
-            probs = tf.image.resize(combined, tf.stack([in_h, in_w]), method="bilinear")
+            # On the padded input, then cropped: the grid covers the padded image exactly.
+            probs = tf.image.resize(combined, tf.stack([pad_h, pad_w]), method="bilinear")[:, :in_h, :in_w]
             return {
                 "logits": [s["logits"] for s in (s1, s2, s3)],
                 "probs_per_stage": [s["probs"] for s in (s1, s2, s3)],
                 "regions": [full, r2, r3],
                 "labels": tf.argmax(probs, axis=-1, output_type=tf.int32),
                 "probs": probs,
-                "stage": resize_nearest(stage_low, in_h, in_w),
+                "stage": resize_nearest(stage_low, pad_h, pad_w)[:, :in_h, :in_w],
             }
 
         if path is None and not (dense or forward_all) and static_rho is None and self.dense_threshold is not None:
@@ -564,6 +606,7 @@ class LayerCascade(CascadeSteps, keras.Model):
             "preprocessing": self.preprocessing,
             "loss_resolution": self.loss_resolution,
             "halo": self.halo,
+            "pad_to": self.pad_to,
         }
 
     @classmethod

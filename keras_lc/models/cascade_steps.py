@@ -82,12 +82,23 @@ class CascadeSteps:
         """
         logits, regions = out["logits"], out["regions"]
         regions = [self.at_output_grid(r, logits[0]) for r in regions]  # decoder heads: sub-pixels
+        inside = None
+        if self.pad_to:
+            # The grid covers the images padded by `pad_images`: the labels are padded alike, the padding
+            # kept out of the losses.
+            pads = [[0, 0], [0, -tf.shape(labels)[1] % self.pad_to], [0, -tf.shape(labels)[2] % self.pad_to]]
+            inside = tf.pad(tf.ones_like(labels, tf.bool), pads)
+            labels = tf.pad(labels, pads)
         if self.loss_resolution == "input":
             size = tf.shape(labels)[1:3]
             logits = [tf.image.resize(x, size, method="bilinear") for x in logits]
             regions = [resize_nearest(r, size[0], size[1]) for r in regions]
         else:
-            labels = resize_nearest(labels, tf.shape(logits[0])[1], tf.shape(logits[0])[2])
+            grid = tf.shape(logits[0])[1], tf.shape(logits[0])[2]
+            labels = resize_nearest(labels, *grid)
+            inside = None if inside is None else resize_nearest(inside, *grid)
+        if inside is not None:
+            regions = [tf.logical_and(r, inside) for r in regions]
         ctx = tf.distribute.get_replica_context()
         losses = []
         for k in range(3):

@@ -83,7 +83,8 @@ def build_model(backbone="tiny", num_classes=5, rho=0.985, ignore_class=None,
         training_mode: "initial" or "cascade".
         dense_threshold: see `LayerCascade`; "auto" (default) takes the backbone's measured
             crossover from `DENSE_THRESHOLDS`.
-        class_weights, loss_weights, label_keep, loss_resolution, halo: see `LayerCascade`.
+        class_weights, loss_weights, label_keep, loss_resolution, halo: see `LayerCascade`. Its
+            `pad_to` is set to the backbone's stage-grid stride.
         head: "plain" (conv 3×3 → conv 1×1, the paper's LC heads), "aspp" (DeepLab-v2's atrous
             spatial pyramid pooling, one 3×3 branch per rate, logits summed) or "decoder"
             (EfficientNet-Lite only: the plain head's hidden features and stage 1's stride-4
@@ -115,8 +116,8 @@ def build_model(backbone="tiny", num_classes=5, rho=0.985, ignore_class=None,
         dense_threshold = DENSE_THRESHOLDS[backbone]
     if head not in HEADS:
         raise ValueError(f"head must be one of {HEADS}; got {head!r}.")
+    stride = backbone_kwargs.get("output_stride", 16) if backbone in LITE_VARIANTS else OUTPUT_STRIDES[backbone]
     if head == "aspp":
-        stride = backbone_kwargs.get("output_stride", 16) if backbone in LITE_VARIANTS else OUTPUT_STRIDES[backbone]
         head_kwargs["aspp_rates"] = default_aspp_rates(stride) if aspp_rates is None else aspp_rates
     elif aspp_rates is not None:
         raise ValueError("aspp_rates needs head='aspp'.")
@@ -131,7 +132,7 @@ def build_model(backbone="tiny", num_classes=5, rho=0.985, ignore_class=None,
         stages, heads, num_classes, rho=rho, ignore_class=ignore_class, training_mode=training_mode,
         dense_threshold=dense_threshold, class_weights=class_weights,
         loss_weights=loss_weights, label_keep=label_keep, loss_resolution=loss_resolution, halo=halo,
-        name=f"lc_{backbone}",
+        pad_to=stride, name=f"lc_{backbone}",
         preprocessing="efficientnet_lite" if backbone in LITE_VARIANTS else "symmetric",
     )
     model.build((None, None, None, 3))  # fully convolutional: any image size
