@@ -105,15 +105,19 @@ def test_lite_cascade_with_decoder_heads(tmp_path):
     assert model.decoder and model.upsample == 4 and model.heads[1].decoder_channels == 48
     images = np.random.default_rng(0).integers(0, 256, size=(2, 72, 88, 3)).astype(np.uint8)
     stage1 = model(images, rho=1.0)["stage1"].numpy()
-    assert stage1.shape == (2, 18, 22, 4)  # stride 4 ("same" sizes), from a 5×6 stage grid
-    conf = tf.nn.space_to_depth(np.pad(stage1.max(-1, keepdims=True), [(0, 0), (0, 2), (0, 2), (0, 0)],
-                                       constant_values=1.0), 4).numpy().min(-1)
+    assert stage1.shape == (2, 20, 24, 4)  # stride 4 of the images padded to 80×96 (pad_to 16): a 5×6 stage grid
+    conf = tf.nn.space_to_depth(stage1.max(-1, keepdims=True), 4).numpy().min(-1)
     rho = float(np.quantile(conf, 0.5))
     a, b = model(images, rho=rho), model.forward_details(images, rho=rho, dense=True)
     share = float(tf.reduce_mean(tf.cast(a["stage"] > 1, tf.float32)))
     assert 0.0 < share < 1.0
     np.testing.assert_allclose(a["probs"], b["probs"], atol=1e-5)
     np.testing.assert_array_equal(a["stage"], b["stage"])
+    model.pad_to = None  # unpadded: a stride-4 map smaller than 4× the grid ("same" sizes), still region-exact
+    a, b = model(images, rho=rho), model.forward_details(images, rho=rho, dense=True)
+    assert a["stage1"].shape == (2, 18, 22, 4)
+    np.testing.assert_allclose(a["probs"], b["probs"], atol=1e-5)
+    model.pad_to = 16
     # the final map takes each sub-pixel from its cell's deciding stage
     stage = model.forward_details(images, rho=rho)
     fine = model.at_output_grid(stage["regions"][1], stage["probs_per_stage"][0]).numpy()
