@@ -3,6 +3,8 @@
 import numpy as np
 import tensorflow as tf
 
+from keras_lc.layers.region_index import grid_padding
+
 # Deciding stage 1, 2, 3: green (easy), orange, red (hard).
 STAGE_COLOURS = np.array([[0, 0, 0], [46, 160, 67], [240, 160, 40], [215, 40, 40]], np.uint8)
 
@@ -76,7 +78,8 @@ def stage_label_maps(outputs, height, width, pad_to=None):
         height, width: the image's size.
         pad_to: the model's `pad_to`: its grid covers the image padded bottom/right to multiples of it.
     """
-    ph, pw = (height, width) if not pad_to else (-(-height // pad_to) * pad_to, -(-width // pad_to) * pad_to)
+    dh, dw = grid_padding(height, width, pad_to)
+    ph, pw = height + dh, width + dw
     maps = []
     for k in (1, 2, 3):
         up = tf.image.resize(outputs[f"stage{k}"][None], (ph, pw), method="bilinear")[0, :height, :width]

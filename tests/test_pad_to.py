@@ -8,6 +8,7 @@ from conftest import SMALL
 
 from keras_lc import build_model
 from keras_lc.cli import _load
+from keras_lc.layers.region_index import grid_padding
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +23,15 @@ def pad_model(small_model):
 def odd_images():
     """30 x 38: neither side a multiple of the stride 4 (the second strided conv sees 15 rows)."""
     return np.random.default_rng(1).integers(0, 256, size=(2, 30, 38, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("size", [1, 15, 16, 17, 45, 360, 481])
+def test_grid_padding_makes_multiples_for_ints_and_tensors(size):
+    dh, dw = grid_padding(size, size + 3, 16)
+    assert (size + dh) % 16 == 0 and 0 <= dh < 16 and (size + 3 + dw) % 16 == 0 and 0 <= dw < 16
+    th, tw = grid_padding(tf.constant(size), tf.constant(size + 3), 16)
+    assert (int(th), int(tw)) == (dh, dw)
+    assert grid_padding(size, size, None) == (0, 0)
 
 
 def test_build_model_pads_to_the_stage_grids_stride():

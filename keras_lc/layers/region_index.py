@@ -307,6 +307,14 @@ def repeat_cells(x, factor, height, width):
     return x[:, :height, :width]
 
 
+def grid_padding(height, width, pad_to):
+    """`(rows, columns)` to add at the bottom/right so that both sizes are multiples of `pad_to`
+    (`(0, 0)` when `pad_to` is None or 0). Python ints or int tensors alike."""
+    if not pad_to:
+        return 0, 0
+    return (-height) % pad_to, (-width) % pad_to
+
+
 def resize_nearest(x, height, width):
     """Nearest-neighbour resize of `[B, H, W, ...]` by index gathers (any dtype, exact).
 

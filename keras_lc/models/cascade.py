@@ -6,7 +6,7 @@ import numbers
 import keras
 import tensorflow as tf
 
-from keras_lc.layers.region_index import RegionIndex, grow_region, repeat_cells, resize_nearest
+from keras_lc.layers.region_index import RegionIndex, grid_padding, grow_region, repeat_cells, resize_nearest
 from keras_lc.layers.stage_head import check_rho, check_rho_tensor
 from keras_lc.models.cascade_steps import _IMAGE_ERROR, CascadeSteps, clear_errors  # noqa: F401 - public here too
 
@@ -276,10 +276,10 @@ class LayerCascade(CascadeSteps, keras.Model):
         `pad_to` with the preprocessed gray 127.5 (what `random_scale_crop_flip` pads crops with)."""
         if not self._pad_to:
             return x
-        h, w = tf.shape(x)[1], tf.shape(x)[2]
+        dh, dw = grid_padding(tf.shape(x)[1], tf.shape(x)[2], self._pad_to)
         offset, divisor = PREPROCESSING[self.preprocessing]
         gray = (127.5 - offset) / divisor
-        return tf.pad(x, [[0, 0], [0, (-h) % self._pad_to], [0, (-w) % self._pad_to], [0, 0]], constant_values=gray)
+        return tf.pad(x, [[0, 0], [0, dh], [0, dw], [0, 0]], constant_values=gray)
 
     @property
     def dense(self):

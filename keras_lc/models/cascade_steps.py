@@ -6,7 +6,7 @@ import contextlib
 import tensorflow as tf
 
 from keras_lc._compat import in_multi_worker_mode
-from keras_lc.layers.region_index import resize_nearest
+from keras_lc.layers.region_index import grid_padding, resize_nearest
 from keras_lc.layers.stage_head import RHO_ERROR
 from keras_lc.losses import masked_sparse_categorical_crossentropy_sum
 
@@ -86,7 +86,8 @@ class CascadeSteps:
         if self.pad_to:
             # The grid covers the images padded by `pad_images`: the labels are padded alike, the padding
             # kept out of the losses.
-            pads = [[0, 0], [0, -tf.shape(labels)[1] % self.pad_to], [0, -tf.shape(labels)[2] % self.pad_to]]
+            dh, dw = grid_padding(tf.shape(labels)[1], tf.shape(labels)[2], self.pad_to)
+            pads = [[0, 0], [0, dh], [0, dw]]
             inside = tf.pad(tf.ones_like(labels, tf.bool), pads)
             labels = tf.pad(labels, pads)
         if self.loss_resolution == "input":
