@@ -4,9 +4,12 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+
+_STARTED = time.monotonic()  # where `train --time-budget` starts counting (imports included)
 
 
 def _rho(text):
@@ -136,7 +139,7 @@ def cmd_train(args):
           f"{strategy.num_replicas_in_sync} replica(s), global batch {config.batch_size}, {config.precision}; "
           f"output in {config.out}")
     train_cascade(model, train, val, config=config, strategy=strategy, callbacks=callbacks,
-                  verbose=1 if sys.stdout.isatty() else 2)
+                  verbose=1 if sys.stdout.isatty() else 2, budget_start=_STARTED)
     if watchdog is not None:
         watchdog.stop()
     print(f"[keras-lc] saved {Path(config.out) / 'model.keras'}")
@@ -562,6 +565,10 @@ def build_parser():
                    help="cosine: each phase decays its learning rate to 0")
     p.add_argument("--save-every", type=int, default=0,
                    help="resume checkpoint every N steps (default 0: every epoch)")
+    p.add_argument("--time-budget", type=float, default=0.0, metavar="MINUTES",
+                   help="wall clock for the whole run, everything included: the epochs become each phase's most "
+                        "and each decays its rate over its share of the time when that runs out first "
+                        "(default 0: epochs only)")
     p.add_argument("--val-images", type=int, default=64)
     p.add_argument("--out", default="runs/demo", help="output folder (model.keras, checkpoints, logs)")
     p.add_argument("--strategy", default="default", choices=["default", "mirrored", "multi_worker"],

@@ -40,6 +40,7 @@ class TrainConfig:
     loss_weights: tuple | None = None
     halo: int = 0
     save_every: int = 0
+    time_budget: float = 0.0
     val_images: int = 64
     out: str = "runs/demo"
     strategy: str = "default"
@@ -64,7 +65,8 @@ class TrainConfig:
     # (smallest allowed value) of the numeric fields
     MINIMUM = {"halo": 0, "channels": 1, "head_channels": 1, "initial_epochs": 0, "cascade_epochs": 0, "save_every": 0,
                "val_images": 1, "timeout": 1e-9, "crop": 8, "num_images": 1, "image_size": 8, "num_classes": 2,
-               "batch_size": 1, "learning_rate": 1e-12, "cascade_learning_rate": 1e-12, "seed": 0}
+               "batch_size": 1, "learning_rate": 1e-12, "cascade_learning_rate": 1e-12, "seed": 0,
+               "time_budget": 0.0}
 
     def __post_init__(self):
         for field in dataclasses.fields(self):

@@ -3,18 +3,21 @@
 import contextlib
 import csv
 import json
+import math
 import os
 import shutil
 import tempfile
+import time
 import warnings
 import zipfile
 from pathlib import Path
 
 import keras
 
-from keras_lc._compat import backup_paths, load_backup, reset_initial_epoch, set_backup_epoch
+from keras_lc._compat import backup_paths, in_multi_worker_mode, load_backup, reset_initial_epoch, set_backup_epoch
 from keras_lc.distribute import is_chief
 
+_clock = time.monotonic  # the wall clock of `time_budget` (tests replace it)
 CASCADE_LR_FACTOR = 0.3  # the cascade phase's rate, relative to the initial phase's (ablations use it too)
 
 
@@ -120,6 +123,8 @@ def train_cascade(
     lr_schedule="constant",
     verbose=1,
     config=None,
+    time_budget=None,
+    budget_start=None,
 ):
     """Train a LayerCascade: `initial_epochs` in "initial" mode, then `cascade_epochs` in "cascade" mode.
 
@@ -146,6 +151,13 @@ def train_cascade(
     the scope too, and only the chief writes checkpoints, logs and the model; the
     other workers keep their resume state in a private temporary folder.
 
+    `time_budget` (seconds; a config's `time_budget` is in minutes) puts the whole run on the wall
+    clock, counted from `budget_start` (a `time.monotonic()` value; default: now): the epochs become
+    each phase's most, the phases share what is left of the budget in proportion to their epochs
+    (less a reserve for the final saves), and each decays its rate over its share or its steps,
+    whichever runs out first (`WallClockSchedule`; a resumed run continues the clock kept in
+    `clock.json`). With a multi-worker strategy it is refused: workers would stop at different steps.
+
     Returns:
         dict `{phase: history dict}`: the epochs run by this call (a resumed
         phase lists only the epochs run after the resume).
@@ -155,17 +167,30 @@ def train_cascade(
         learning_rate, cascade_learning_rate = config.learning_rate, config.cascade_learning_rate
         optimizer, lr_schedule = config.optimizer, config.lr_schedule
         save_freq = config.save_every if config.save_every > 0 else "epoch"
+        time_budget = config.time_budget * 60 if config.time_budget else None
     if cascade_learning_rate is None:
         cascade_learning_rate = CASCADE_LR_FACTOR * learning_rate
+    if time_budget is not None:
+        if time_budget <= 0:
+            raise ValueError(f"time_budget must be positive (seconds); got {time_budget!r}")
+        if strategy is not None and in_multi_worker_mode(strategy):
+            raise ValueError("time_budget does not work with a multi-worker strategy: each worker's clock would "
+                             "stop it at a different step. Give epochs only.")
+        startup = _clock() - (budget_start if budget_start is not None else _clock())
+        reserve = startup + 0.01 * time_budget + 10  # this start's setup, then the final saves
+    phases = [("initial", initial_epochs, learning_rate), ("cascade", cascade_epochs, cascade_learning_rate)]
     histories = {}
-    for phase, epochs, lr in (
-        ("initial", initial_epochs, learning_rate),
-        ("cascade", cascade_epochs, cascade_learning_rate),
-    ):
+    for i, (phase, epochs, lr) in enumerate(phases):
+        allowance = None
+        if time_budget is not None and epochs > 0:
+            spent = read_clock(Path(out_dir) / "clock.json")
+            before = sum(spent.get(p, 0.0) for p, _, _ in phases[:i])
+            allowance = (time_budget - reserve - before) * epochs / sum(e for _, e, _ in phases[i:])
         history = train_phase(
             model, train_data, val_data, out_dir, phase, epochs, lr, training_mode=phase,
             save_freq=save_freq, tensorboard=tensorboard, callbacks=callbacks, strategy=strategy,
             optimizer=optimizer, lr_schedule=lr_schedule, keep_best=phase == "cascade", verbose=verbose,
+            time_allowance=allowance,
         )
         if history is not None:
             histories[phase] = history
@@ -261,6 +286,80 @@ def _usable_keras_file(path):
         return False
 
 
+class WallClockSchedule(keras.callbacks.Callback):
+    """A phase's learning rate and length on the wall clock (`time_budget`).
+
+    The rate follows `schedule` ("cosine": from `learning_rate` to 0; "constant") over the phase's
+    progress, the larger of its time spent / `seconds` and its steps done / `steps`: on a fast machine
+    the steps run out first and the schedule is exactly `CosineDecay` over them; on a slow one the time
+    does, and the phase stops after the last step that leaves room for one more step's time and its
+    longest validation pass (which still follows). The phase's time so far is kept in `clock_file`
+    (JSON, `{phase: seconds}`, written at every epoch end), so that a resumed phase continues the
+    same schedule.
+
+    Args:
+        learning_rate: the phase's initial rate. seconds: its allowance, compile and validation
+            included. steps: its steps at most (epochs × steps per epoch). clock_file: the JSON above.
+        phase: its key there. schedule: "cosine" or "constant".
+    """
+
+    def __init__(self, learning_rate, seconds, steps, clock_file, phase, schedule="cosine"):
+        super().__init__()
+        self.learning_rate, self.seconds, self.steps = float(learning_rate), float(seconds), int(steps)
+        self.clock_file, self.phase, self.schedule = Path(clock_file), phase, schedule
+        self.validation_s = self.step_s = 0.0
+
+    def elapsed(self):
+        return self._before + _clock() - self._start
+
+    def on_train_begin(self, logs=None):
+        self._before = read_clock(self.clock_file).get(self.phase, 0.0)  # a resumed phase's earlier time
+        self._start = _clock()
+
+    def progress(self):
+        room = max(self.seconds - self.validation_s, 1e-9)
+        return min(1.0, max(self.elapsed() / room, int(self.model.optimizer.iterations) / self.steps))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._step_start = _clock()
+        rate = self.learning_rate
+        if self.schedule == "cosine":
+            rate *= 0.5 * (1.0 + math.cos(math.pi * self.progress()))
+        self.model.optimizer.learning_rate = rate
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step_s = _clock() - self._step_start
+        if self.elapsed() + self.step_s + self.validation_s >= self.seconds:
+            self.model.stop_training = True  # Keras ends the epoch after this step (validation still runs)
+
+    def on_test_begin(self, logs=None):
+        self._test_start = _clock()
+
+    def on_test_end(self, logs=None):
+        self.validation_s = max(self.validation_s, _clock() - self._test_start)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+            logs["phase_minutes"] = self.elapsed() / 60
+        write_clock(self.clock_file, self.phase, self.elapsed())
+
+
+def read_clock(path):
+    """`{phase: seconds}` of a `WallClockSchedule` clock file (empty when there is none)."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_clock(path, phase, seconds):
+    path = Path(path)
+    clock = read_clock(path)
+    clock[phase] = float(seconds)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(clock))
+    os.replace(tmp, path)
+
+
 OPTIMIZERS = {"adam": keras.optimizers.Adam, "sgd": lambda lr: keras.optimizers.SGD(lr, momentum=0.9)}
 
 
@@ -281,6 +380,7 @@ def train_phase(
     lr_schedule="constant",
     keep_best=False,
     verbose=1,
+    time_allowance=None,
 ):
     """One resumable training phase named `phase`, written to `out_dir`.
 
@@ -293,7 +393,8 @@ def train_phase(
     so the final model is less of a lottery than with a constant rate); it needs a dataset of
     known length. Phases compose: `train_cascade` is "initial" then "cascade"; the ablation
     recipe chains its own (e.g. one phase per stage, with the earlier stages frozen, for the
-    Model Cascade).
+    Model Cascade). `time_allowance` (seconds) puts the phase on the wall clock: `epochs` become its
+    most, the schedule runs over its time when that runs out first (`WallClockSchedule`).
 
     Returns:
         the phase's history dict, or None when it was already finished.
@@ -305,11 +406,14 @@ def train_phase(
     if epochs <= 0:
         return None
     rate = learning_rate
+    steps = int(train_data.cardinality()) if hasattr(train_data, "cardinality") else -1
     if lr_schedule == "cosine":
-        steps = int(train_data.cardinality()) if hasattr(train_data, "cardinality") else -1
         if steps <= 0:
             raise ValueError("lr_schedule='cosine' needs a training dataset of known, finite length.")
-        rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps * epochs)
+        if time_allowance is None:
+            rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps * epochs)
+    if time_allowance is not None and time_allowance <= 0:
+        raise ValueError(f"the {phase} phase has no time left of the time budget ({time_allowance:.0f} s)")
     chief = is_chief(strategy)
     out = Path(out_dir)
     if chief:
@@ -327,7 +431,8 @@ def train_phase(
             print(f"[keras-lc] {phase} phase already finished: loaded {done}")
         return None
     if verbose:
-        print(f"[keras-lc] {phase} training: {epochs} epochs, lr {learning_rate:g}, rho {model.rho:g}")
+        most = f" (at most; {time_allowance / 60:.1f} min of the time budget)" if time_allowance else ""
+        print(f"[keras-lc] {phase} training: {epochs} epochs{most}, lr {learning_rate:g}, rho {model.rho:g}")
     model.training_mode = training_mode
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
         model.compile(optimizer=OPTIMIZERS[optimizer](rate))
@@ -342,7 +447,16 @@ def train_phase(
         epoch_log.parent.mkdir(parents=True, exist_ok=True)
     # The epoch's log row is written before its backup: a kill between the two reruns the epoch (its row
     # then appears twice, and the history keeps the last) instead of losing the row.
-    phase_callbacks = [keras.callbacks.CSVLogger(str(epoch_log), append=True)] if chief else []
+    phase_callbacks = []
+    if time_allowance is not None:
+        clock_file = scratch / "clock.json"
+        if not backup.exists():
+            write_clock(clock_file, phase, 0.0)  # a fresh start of the phase: its clock too
+        total_steps = steps * epochs if steps > 0 else 2**62  # an unknown length: the time alone
+        phase_callbacks.append(WallClockSchedule(learning_rate, time_allowance, total_steps, clock_file, phase,
+                                                 lr_schedule))
+    if chief:
+        phase_callbacks.append(keras.callbacks.CSVLogger(str(epoch_log), append=True))
     phase_callbacks.append(SafeBackupAndRestore(str(backup), save_freq=save_freq))
     if tensorboard and chief:
         phase_callbacks.append(keras.callbacks.TensorBoard(str(out / "logs" / phase), write_graph=False))
