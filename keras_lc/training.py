@@ -292,10 +292,10 @@ class WallClockSchedule(keras.callbacks.Callback):
     The rate follows `schedule` ("cosine": from `learning_rate` to 0; "constant") over the phase's
     progress, the larger of its time spent / `seconds` and its steps done / `steps`: on a fast machine
     the steps run out first and the schedule is exactly `CosineDecay` over them; on a slow one the time
-    does, and the phase stops after the last step that leaves room for one more step's time and its
-    longest validation pass (which still follows). The phase's time so far is kept in `clock_file`
-    (JSON, `{phase: seconds}`, written at every epoch end), so that a resumed phase continues the
-    same schedule.
+    does, and the phase stops after the last step that leaves room for one more step's time and the
+    longest validation pass so far (which still follows; an earlier phase's before this one has its
+    own). The phase's time so far is kept in `clock_file` (JSON, `{phase: seconds, "validation_s":
+    seconds}`, written at every epoch end), so that a resumed phase continues the same schedule.
 
     Args:
         learning_rate: the phase's initial rate. seconds: its allowance, compile and validation
@@ -313,7 +313,9 @@ class WallClockSchedule(keras.callbacks.Callback):
         return self._before + _clock() - self._start
 
     def on_train_begin(self, logs=None):
-        self._before = read_clock(self.clock_file).get(self.phase, 0.0)  # a resumed phase's earlier time
+        clock = read_clock(self.clock_file)
+        self._before = clock.get(self.phase, 0.0)  # a resumed phase's earlier time
+        self.validation_s = clock.get("validation_s", 0.0)  # an earlier phase's: before this one's first
         self._start = _clock()
 
     def progress(self):
@@ -342,19 +344,22 @@ class WallClockSchedule(keras.callbacks.Callback):
         if logs is not None:
             logs["learning_rate"] = float(self.model.optimizer.learning_rate)
             logs["phase_minutes"] = self.elapsed() / 60
-        write_clock(self.clock_file, self.phase, self.elapsed())
+        write_clock(self.clock_file, {self.phase: self.elapsed(), "validation_s": self.validation_s})
+        if self.elapsed() + self.step_s + self.validation_s >= self.seconds:
+            self.model.stop_training = True  # no room for another step and its validation
 
 
 def read_clock(path):
-    """`{phase: seconds}` of a `WallClockSchedule` clock file (empty when there is none)."""
+    """`{phase: seconds, "validation_s": the longest validation pass}` of a `WallClockSchedule` clock
+    file (empty when there is none)."""
     path = Path(path)
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def write_clock(path, phase, seconds):
+def write_clock(path, values):
     path = Path(path)
     clock = read_clock(path)
-    clock[phase] = float(seconds)
+    clock.update({k: float(v) for k, v in values.items()})
     tmp = path.with_name(f".{path.name}.partial")
     tmp.write_text(json.dumps(clock))
     os.replace(tmp, path)
@@ -451,7 +456,7 @@ def train_phase(
     if time_allowance is not None:
         clock_file = scratch / "clock.json"
         if not backup.exists():
-            write_clock(clock_file, phase, 0.0)  # a fresh start of the phase: its clock too
+            write_clock(clock_file, {phase: 0.0})  # a fresh start of the phase: its clock too
         total_steps = steps * epochs if steps > 0 else 2**62  # an unknown length: the time alone
         phase_callbacks.append(WallClockSchedule(learning_rate, time_allowance, total_steps, clock_file, phase,
                                                  lr_schedule))

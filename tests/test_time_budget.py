@@ -94,14 +94,28 @@ def test_a_resumed_phase_continues_its_clock(tmp_path, clock):
     assert rates == pytest.approx([1e-2 * 0.5 * (1 + math.cos(math.pi * t / 55)) for t in (0, 10, 20, 30, 40)])
 
 
+class _Validation(keras.callbacks.Callback):
+    def __init__(self, clock):
+        super().__init__()
+        self.clock = clock
+
+    def on_test_begin(self, logs=None):
+        self.clock.now += 30.0  # a validation pass takes 30 s
+
+
 def test_the_phases_share_the_budget_by_their_epochs(tmp_path, clock):
-    step = _Step(clock)
-    train_cascade(_model(), _data(), None, tmp_path, initial_epochs=3, cascade_epochs=3, learning_rate=1e-2,
-                  lr_schedule="cosine", tensorboard=False, verbose=0, time_budget=100.0, callbacks=[step])
+    val = synthetic(4, 32, 32, num_classes=3, seed=1, batch_size=4)
+    train_cascade(_model(), _data(), val, tmp_path, initial_epochs=6, cascade_epochs=2, learning_rate=1e-2,
+                  lr_schedule="cosine", tensorboard=False, verbose=0, time_budget=108.0,
+                  callbacks=[_Step(clock), _Validation(clock)])
     spent = json.loads((tmp_path / "clock.json").read_text())
-    # 12 steps of 10 s would take 120 s; the reserve is 1% + 10 s: the initial phase gets half of 89 s
-    assert spent["initial"] == pytest.approx(40.0) and spent["cascade"] == pytest.approx(40.0)
-    assert sum(spent.values()) <= 100.0 - 11.0
+    # reserve 1% + 10 s; the initial phase's share is 6/8 of the rest, 72.7 s: epoch 1 (2 steps and the 30-s
+    # validation) ends at 50 s, and another step with its validation would end at 90 s
+    assert spent["initial"] == pytest.approx(50.0) and spent["validation_s"] == pytest.approx(30.0)
+    # the cascade phase gets what is left, 46.9 s, and knows the validation's time before its own first one:
+    # one step (10 s), then the validation, 40 s in all (two steps would have ended at 50 s)
+    assert spent["cascade"] == pytest.approx(40.0)
+    assert sum(spent[p] for p in ("initial", "cascade")) <= 108.0 - 11.08
     assert (tmp_path / "model.keras").is_file()
 
 
