@@ -42,7 +42,8 @@ def train_variant(variant, build, train_data, val_data, root, config, label_keep
             variant gets their sum), `learning_rate` (the initial phase's), `cascade_learning_rate`
             (later phases'; default 0.3× as `train_cascade`), `optimizer`, `lr_schedule` ("constant"
             or "cosine", for every phase, see `train_phase`) and `rho` (the LC threshold, for lc and
-            model_cascade). Its `out` is not used: `root` is.
+            model_cascade). Its `out` is not used: `root` is; nor its `time_budget` (the variants are
+            compared at one epoch budget), which is refused.
         label_keep: for dsn_dropout, the 3 keep probabilities (default: LC's, read from
             `<root>/lc/history.json`).
         name: the run's folder under `root` (default: the variant), e.g. "lc_rho0.9" for
@@ -55,6 +56,9 @@ def train_variant(variant, build, train_data, val_data, root, config, label_keep
     """
     if variant not in VARIANTS:
         raise ValueError(f"Unknown variant {variant!r}; choose one of {VARIANTS}.")
+    if config.time_budget:
+        raise ValueError("the ablations compare their variants at one epoch budget: time_budget is not used "
+                         "there; set it to 0 (or drop it from the recipe)")
     root = Path(root)
     out = root / (name or variant)
     model = build()

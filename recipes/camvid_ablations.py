@@ -49,6 +49,10 @@ config, _ = TrainConfig.from_toml(args.recipe)
 overrides = {k: v for k in ("data_dir", "initial_epochs", "cascade_epochs", "lr_schedule", "class_weights")
              if (v := getattr(args, k)) is not None}
 config = TrainConfig.from_mapping({**dataclasses.asdict(config), **overrides}, source="camvid_ablations")
+if config.time_budget:  # the variants are compared at one epoch budget, not one wall clock
+    print(f"[ablations] the recipe's time_budget ({config.time_budget:g} min) is not used: every variant trains the "
+          f"recipe's {config.initial_epochs} + {config.cascade_epochs} epochs", flush=True)
+    config = dataclasses.replace(config, time_budget=0.0)
 info = dataset_info(config)
 train, val = datasets_for_config(config)
 

@@ -108,6 +108,8 @@ def test_bad_loss_settings_are_named(kwargs, message):
 def test_unknown_variant():
     with pytest.raises(ValueError, match="Unknown variant"):
         train_variant("irnet", _build, None, None, "/tmp/x", _config())
+    with pytest.raises(ValueError, match="one epoch budget: time_budget"):
+        train_variant("lc", _build, None, None, "/tmp/x", _config(time_budget=120))
 
 
 def test_lr_schedule_reaches_every_phase(tmp_path, data):
