@@ -151,7 +151,7 @@ def train_cascade(
     the scope too, and only the chief writes checkpoints, logs and the model; the
     other workers keep their resume state in a private temporary folder.
 
-    `time_budget` (seconds; a config's `time_budget` is in minutes) puts the whole run on the wall
+    `time_budget` (minutes, as the config's and `--time-budget`) puts the whole run on the wall
     clock, counted from `budget_start` (a `time.monotonic()` value; default: now): the epochs become
     each phase's most, the phases share what is left of the budget in proportion to their epochs
     (less a reserve for the final saves), and each decays its rate over its share or its steps,
@@ -167,25 +167,27 @@ def train_cascade(
         learning_rate, cascade_learning_rate = config.learning_rate, config.cascade_learning_rate
         optimizer, lr_schedule = config.optimizer, config.lr_schedule
         save_freq = config.save_every if config.save_every > 0 else "epoch"
-        time_budget = config.time_budget * 60 if config.time_budget else None
+        time_budget = config.time_budget or None
     if cascade_learning_rate is None:
         cascade_learning_rate = CASCADE_LR_FACTOR * learning_rate
+    budget_s = None
     if time_budget is not None:
-        if time_budget <= 0:
-            raise ValueError(f"time_budget must be positive (seconds); got {time_budget!r}")
+        if not time_budget > 0:
+            raise ValueError(f"time_budget must be a positive number of minutes; got {time_budget!r}")
+        budget_s = 60.0 * time_budget
         if strategy is not None and in_multi_worker_mode(strategy):
             raise ValueError("time_budget does not work with a multi-worker strategy: each worker's clock would "
                              "stop it at a different step. Give epochs only.")
         startup = _clock() - (budget_start if budget_start is not None else _clock())
-        reserve = startup + 0.01 * time_budget + 10  # this start's setup, then the final saves
+        reserve = startup + 0.01 * budget_s + 10  # this start's setup, then the final saves
     phases = [("initial", initial_epochs, learning_rate), ("cascade", cascade_epochs, cascade_learning_rate)]
     histories = {}
     for i, (phase, epochs, lr) in enumerate(phases):
         allowance = None
-        if time_budget is not None and epochs > 0:
+        if budget_s is not None and epochs > 0:
             spent = read_clock(Path(out_dir) / "clock.json")
             before = sum(spent.get(p, 0.0) for p, _, _ in phases[:i])
-            allowance = (time_budget - reserve - before) * epochs / sum(e for _, e, _ in phases[i:])
+            allowance = (budget_s - reserve - before) * epochs / sum(e for _, e, _ in phases[i:])
         history = train_phase(
             model, train_data, val_data, out_dir, phase, epochs, lr, training_mode=phase,
             save_freq=save_freq, tensorboard=tensorboard, callbacks=callbacks, strategy=strategy,

@@ -106,7 +106,7 @@ class _Validation(keras.callbacks.Callback):
 def test_the_phases_share_the_budget_by_their_epochs(tmp_path, clock):
     val = synthetic(4, 32, 32, num_classes=3, seed=1, batch_size=4)
     train_cascade(_model(), _data(), val, tmp_path, initial_epochs=6, cascade_epochs=2, learning_rate=1e-2,
-                  lr_schedule="cosine", tensorboard=False, verbose=0, time_budget=108.0,
+                  lr_schedule="cosine", tensorboard=False, verbose=0, time_budget=1.8,  # minutes: 108 s
                   callbacks=[_Step(clock), _Validation(clock)])
     spent = json.loads((tmp_path / "clock.json").read_text())
     # reserve 1% + 10 s; the initial phase's share is 6/8 of the rest, 72.7 s: epoch 1 (2 steps and the 30-s
@@ -120,7 +120,7 @@ def test_the_phases_share_the_budget_by_their_epochs(tmp_path, clock):
 
 
 def test_time_budget_errors_and_flag(tmp_path, monkeypatch):
-    with pytest.raises(ValueError, match="time_budget must be positive"):
+    with pytest.raises(ValueError, match="time_budget must be a positive number of minutes"):
         train_cascade(_model(), _data(), None, tmp_path, initial_epochs=1, cascade_epochs=0, time_budget=-5,
                       tensorboard=False, verbose=0)
     monkeypatch.setattr(training, "in_multi_worker_mode", lambda strategy: True)
