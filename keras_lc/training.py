@@ -295,8 +295,8 @@ class WallClockSchedule(keras.callbacks.Callback):
     progress, the larger of its time spent / `seconds` and its steps done / `steps`: on a fast machine
     the steps run out first and the schedule is exactly `CosineDecay` over them; on a slow one the time
     does, and the phase stops after the last step that leaves room for one more step's time and the
-    longest validation pass so far (which still follows; an earlier phase's before this one has its
-    own). The phase's time so far is kept in `clock_file` (JSON, `{phase: seconds, "validation_s":
+    longest validation pass so far (which still follows; before the phase's first one, the previous
+    phase's is assumed). The phase's time so far is kept in `clock_file` (JSON, `{phase: seconds, "validation_s":
     seconds}`, written at every epoch end), so that a resumed phase continues the same schedule.
 
     Args:
@@ -419,8 +419,6 @@ def train_phase(
             raise ValueError("lr_schedule='cosine' needs a training dataset of known, finite length.")
         if time_allowance is None:
             rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps * epochs)
-    if time_allowance is not None and time_allowance <= 0:
-        raise ValueError(f"the {phase} phase has no time left of the time budget ({time_allowance:.0f} s)")
     chief = is_chief(strategy)
     out = Path(out_dir)
     if chief:
@@ -437,6 +435,8 @@ def train_phase(
         if verbose:
             print(f"[keras-lc] {phase} phase already finished: loaded {done}")
         return None
+    if time_allowance is not None and time_allowance <= 0:
+        raise ValueError(f"the {phase} phase has no time left of the time budget ({time_allowance:.0f} s)")
     if verbose:
         most = f" (at most; {time_allowance / 60:.1f} min of the time budget)" if time_allowance else ""
         print(f"[keras-lc] {phase} training: {epochs} epochs{most}, lr {learning_rate:g}, rho {model.rho:g}")
