@@ -324,6 +324,10 @@ class WallClockSchedule(keras.callbacks.Callback):
         room = max(self.seconds - self.validation_s, 1e-9)
         return min(1.0, max(self.elapsed() / room, int(self.model.optimizer.iterations) / self.steps))
 
+    def no_room(self):
+        """True when another step and a validation pass would end past the allowance."""
+        return self.elapsed() + self.step_s + self.validation_s >= self.seconds
+
     def on_train_batch_begin(self, batch, logs=None):
         self._step_start = _clock()
         rate = self.learning_rate
@@ -333,7 +337,7 @@ class WallClockSchedule(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.step_s = _clock() - self._step_start
-        if self.elapsed() + self.step_s + self.validation_s >= self.seconds:
+        if self.no_room():
             self.model.stop_training = True  # Keras ends the epoch after this step (validation still runs)
 
     def on_test_begin(self, logs=None):
@@ -347,8 +351,8 @@ class WallClockSchedule(keras.callbacks.Callback):
             logs["learning_rate"] = float(self.model.optimizer.learning_rate)
             logs["phase_minutes"] = self.elapsed() / 60
         write_clock(self.clock_file, {self.phase: self.elapsed(), "validation_s": self.validation_s})
-        if self.elapsed() + self.step_s + self.validation_s >= self.seconds:
-            self.model.stop_training = True  # no room for another step and its validation
+        if self.no_room():
+            self.model.stop_training = True
 
 
 def read_clock(path):
