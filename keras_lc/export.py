@@ -183,7 +183,7 @@ def write_savedmodel(model, path, include_probs=False, fns=None, multiscale=None
     Triton repository stage). `multiscale`: the settings of a `serving_multiscale` signature, recorded."""
     module = tf.Module()
     module.weights = list(model.variables)  # the variables alone, as keras.export.ExportArchive does: saving the Keras
-    # object too re-traces its layers and took ~6x longer than the rest of the save
+    # object too re-traces its layers (the whole save 1.3-1.9x slower: benchmarks/export_save_time.py)
     fns = fns or serving_functions(model, include_probs)
     for fn_name, fn in fns.items():
         setattr(module, fn_name, fn)
