@@ -14,6 +14,7 @@ one after another (`keras_lc.benchmark.median_seconds`). Each `MODEL@RHO` is tim
 """
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -62,6 +63,7 @@ def main(argv=None):
 
     import keras_lc  # noqa: F401
     from keras_lc.benchmark import median_seconds
+    from keras_lc.models import folded_batchnorm
 
     paths = sorted(glob.glob(os.path.join(args.images, "*.png")) + glob.glob(os.path.join(args.images, "*.jpg")))
     if paths:
@@ -85,9 +87,11 @@ def main(argv=None):
 
     pieces["keras-hub DeepLabV3+ (ResNet-18-like)"] = (run_peer, (images,))
     params = {"keras-hub DeepLabV3+ (ResNet-18-like)": peer.count_params()}
+    folded = contextlib.ExitStack()  # our models run with BN folded once, as their SavedModel exports do
     for spec in args.models:
         path, _, rho = spec.partition("@")
         model = keras.models.load_model(path)
+        folded.enter_context(folded_batchnorm(model))
         rho = float(rho) if rho else model.rho
         name = os.path.basename(path)
 
@@ -102,7 +106,8 @@ def main(argv=None):
             pieces[f"{name} dense"] = (make(model, 1.0, True), (images,))
         pieces[f"{name} rho {rho:g}"] = (make(model, rho, False), (images,))
         params[f"{name} dense"] = params[f"{name} rho {rho:g}"] = model.count_params()
-    seconds = median_seconds(pieces, args.repeats, warmup=2)
+    with folded:
+        seconds = median_seconds(pieces, args.repeats, warmup=2)
     peer_ips = args.batch / seconds["keras-hub DeepLabV3+ (ResNet-18-like)"]
     print(f"{args.height}x{args.width}, batch {args.batch}, uint8 in, labels out, median of {args.repeats} rounds; "
           f"{cpu_model()}, {os.cpu_count()} CPUs")

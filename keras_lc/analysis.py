@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from keras_lc.benchmark import benchmark_cascade, stage_times
 from keras_lc.metrics import evaluate_cascade
+from keras_lc.models.folding import with_folded_batchnorm
 
 DIFFICULTIES = ("easy", "moderate", "extremely_hard")
 
@@ -81,6 +82,7 @@ def stage_share_ratios(per_class_stage_share):
     }
 
 
+@with_folded_batchnorm
 def analyze_model(model, dataset, class_names, rhos=(1.0, 0.995, 0.985, 0.95, 0.9, 0.8), threshold=0.95,
                   boundary_width=2, repeats=5):
     """All numbers behind Figs. 1b, 5, 7a and 7b for one model and one dataset.

@@ -1,7 +1,8 @@
 """Speed of a cascade against the same weights computed densely, measured side by side.
 
 All timings are medians over `repeats` rounds; in each round the dense network and
-every ρ run once, one after the other, so that machine noise hits them alike.
+every ρ run once, one after the other, so that machine noise hits them alike. Every routine
+here runs inside `folded_batchnorm(model)` (frozen BN folded once, as in an exported model).
 """
 
 import time
@@ -11,6 +12,7 @@ import tensorflow as tf
 
 from keras_lc.layers.stage_head import check_rho
 from keras_lc.metrics import stage_share
+from keras_lc.models.folding import with_folded_batchnorm
 
 
 def _cascade_fn(model):
@@ -63,6 +65,7 @@ def median_seconds(pieces, repeats, warmup=1):
     return {name: float(np.median(v)) for name, v in times.items()}
 
 
+@with_folded_batchnorm
 def benchmark_cascade(model, images, rhos=(1.0, 0.995, 0.985, 0.95, 0.9, 0.8), repeats=10, warmup=2, ideal=True,
                       tensor_rho=False):
     """Images/s of the dense network and of the cascade at each ρ, in one run, alternating.
@@ -131,6 +134,7 @@ def benchmark_cascade(model, images, rhos=(1.0, 0.995, 0.985, 0.95, 0.9, 0.8), r
     return result
 
 
+@with_folded_batchnorm
 def benchmark_test_time(model, images, scales, flip=False, rho=None, crf=None, repeats=5, warmup=1):
     """Images/s of the plain cascade, of multi-scale testing, and of dense CRF on top, in one run, alternating.
 
@@ -175,6 +179,7 @@ def benchmark_test_time(model, images, scales, flip=False, rho=None, crf=None, r
             "crf": crf, "batch": batch, "repeats": repeats}
 
 
+@with_folded_batchnorm
 def stage_times(model, images, rho=None, repeats=10, warmup=2, dense=False):
     """Seconds per batch spent in each stage (stage + its head).
 
@@ -232,6 +237,7 @@ def blob_region(shape, fraction, seed=0):
 REGION_COST_SLACK = 0.1  # the region path of a stage should cost at most (fraction + this) × its dense time
 
 
+@with_folded_batchnorm
 def measure_crossover(model, images, fractions=(0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), repeats=5, warmup=1):
     """The forwarded fraction above which stages 2-3 are cheaper computed densely, on this machine,
     and what the region path of each stage costs against its dense time.

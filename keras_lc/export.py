@@ -30,6 +30,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from keras_lc.layers.stage_head import check_rho_tensor
+from keras_lc.models.folding import folded_batchnorm
 
 SIGNATURES = ("serving_default", "serving_rho", "serving_image_bytes", "serving_image_bytes_rho")
 
@@ -187,7 +188,9 @@ def write_savedmodel(model, path, include_probs=False, fns=None, multiscale=None
     fns = fns or serving_functions(model, include_probs)
     for fn_name, fn in fns.items():
         setattr(module, fn_name, fn)
-    tf.saved_model.save(module, str(path), signatures=fns)
+    with folded_batchnorm(model) as folded:  # traced here, the signatures read BN folded once, not per call
+        module.folded_weights = folded
+        tf.saved_model.save(module, str(path), signatures=fns)
     info = {"num_classes": model.num_classes, "rho": model.rho, "ignore_class": model.ignore_class,
             "include_probs": include_probs, "signatures": list(fns)}
     if multiscale is not None:

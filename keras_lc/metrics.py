@@ -3,6 +3,8 @@
 import numpy as np
 import tensorflow as tf
 
+from keras_lc.models.folding import with_folded_batchnorm
+
 
 def _check_labels(labels, num_classes, ignore_class):
     labels = np.asarray(labels)
@@ -30,6 +32,7 @@ def _checked(labels, num_classes, ignore_class):
     return labels
 
 
+@with_folded_batchnorm
 def evaluate_cascade(model, dataset, rho=None, class_names=None, scales=None, flip=False, fusion="mean", crf=None):
     """Evaluate a LayerCascade on `(images, labels)` batches.
 

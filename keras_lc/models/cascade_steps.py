@@ -9,6 +9,7 @@ from keras_lc._compat import in_multi_worker_mode
 from keras_lc.layers.region_index import grid_padding, resize_nearest
 from keras_lc.layers.stage_head import RHO_ERROR
 from keras_lc.losses import masked_sparse_categorical_crossentropy_sum
+from keras_lc.models import folding
 
 _LABEL_ERROR = "keras_lc: labels out of range"
 _SHAPE_ERROR = "keras_lc: labels do not match the images"
@@ -145,6 +146,7 @@ class CascadeSteps:
         return [*self.loss_trackers, self.miou_metric, *self.share_trackers]
 
     def train_step(self, data):
+        folding.check_not_folded(self, "fit")  # at trace time: a step traced there would read frozen weights
         images, labels = self._unpack(data)
         with tf.GradientTape() as tape:
             initial = self._training_mode == "initial"

@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from keras_lc.layers.region_depthwise import RegionDepthwiseConv2D
 from keras_lc.layers.region_index import RegionIndex, as_region_index, from_phases, to_phases
+from keras_lc.models import folding
 from keras_lc.models.inception_resnet_v2 import RegionConvBN
 
 # (kernel, stride, expand ratio, input channels, output channels, repeats) of EfficientNet-B0 / Lite0.
@@ -143,7 +144,12 @@ class MBConvBlock(keras.layers.Layer):
 
     def _depthwise_folded(self, dtype):
         """The depthwise kernel `[kh, kw, C, 1]` and bias `[C]` with the frozen BN folded in (one
-        depthwise conv + BiasAdd instead of the conv and three elementwise passes over the map)."""
+        depthwise conv + BiasAdd instead of the conv and three elementwise passes over the map);
+        inside `folding.folded_batchnorm` the weights folded once."""
+        return folding.folded_weights(self, dtype, self.compute_folded)
+
+    def compute_folded(self, dtype):
+        """`_depthwise_folded`, computed from the current weights."""
         bn = self.depthwise_bn
         scale = tf.math.rsqrt(tf.cast(bn.moving_variance, dtype) + bn.epsilon) * tf.cast(bn.gamma, dtype)
         kernel = tf.cast(self.depthwise.kernel, dtype) * scale[:, None]

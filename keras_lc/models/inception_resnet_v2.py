@@ -21,6 +21,7 @@ import tensorflow as tf
 from keras_lc.layers.masked_residual import MaskedResidual, residual_blocks
 from keras_lc.layers.region_conv import RegionConv2D
 from keras_lc.layers.region_index import RegionIndex, as_region_index
+from keras_lc.models import folding
 
 
 @keras.saving.register_keras_serializable(package="keras_lc")
@@ -54,7 +55,12 @@ class RegionConvBN(keras.layers.Layer):
 
         One conv with its bias replaces conv, subtract, multiply and add over the whole feature map
         (those elementwise ops took more time than the matmuls in a profile of the Lite0 forward pass).
+        Inside `folding.folded_batchnorm` the weights folded once, else folded here (`compute_folded`).
         """
+        return folding.folded_weights(self, dtype, self.compute_folded)
+
+    def compute_folded(self, dtype):
+        """`folded`, computed from the current weights."""
         bn = self.bn
         scale = tf.math.rsqrt(tf.cast(bn.moving_variance, dtype) + bn.epsilon)
         if bn.scale:
