@@ -34,6 +34,7 @@ def main():
                 tf.function(lambda x, r: model.forward_details(x, rho=r, dense=False)["labels"]))
 
     dense, cascade = functions()
+    dense(images), cascade(images, rho)  # traced here, outside: a tf.function traces at its first call
     with folded_batchnorm(model):  # traced inside: these read the folded variables
         dense_folded, cascade_folded = functions()
         pieces = {"dense, folded per call": (dense, (images,)), "dense, folded once": (dense_folded, (images,)),
