@@ -230,7 +230,8 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     Keeps the previous checkpoint too (`double_checkpoint`); a checkpoint that cannot be
     read (a kill while it was written) falls back to the previous one, and with none
-    usable the phase starts afresh; each with a one-line warning.
+    usable the phase starts afresh (its wall clock and its epoch log too: `WallClockSchedule`, `train_phase`);
+    each with a one-line warning.
     """
 
     def __init__(self, backup_dir, save_freq="epoch"):
@@ -319,6 +320,10 @@ class WallClockSchedule(keras.callbacks.Callback):
         self._before = clock.get(self.phase, 0.0)  # a resumed phase's earlier time
         self.validation_s = clock.get("validation_s", 0.0)  # an earlier phase's: before this one's first
         self._start = _clock()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 0:  # a resume starts at epoch >= 1: epoch 0 is a fresh start (a damaged backup), so is its clock
+            self._before = 0.0
 
     def progress(self):
         room = max(self.seconds - self.validation_s, 1e-9)
@@ -492,8 +497,10 @@ def train_phase(
         saved = json.loads(history_file.read_text()) if history_file.exists() else {}
         # The log holds every epoch of the phase, across interruptions; an epoch rerun after a kill (from a
         # backup older than its row) appears again: the last row of each epoch is the one the weights follow.
-        rows = list({row["epoch"]: row for row in _read_epoch_log(epoch_log)}.values())
-        rows.sort(key=lambda row: row["epoch"])
+        rows = _read_epoch_log(epoch_log)
+        restarts = [i for i, row in enumerate(rows) if row["epoch"] == 0]
+        rows = rows[restarts[-1] if restarts else 0:]  # a fresh start (damaged backup) logs epoch 0 again
+        rows = sorted({row["epoch"]: row for row in rows}.values(), key=lambda row: row["epoch"])
         saved[phase] = {k: [row[k] for row in rows if k in row] for k in history}
         tmp = history_file.with_name(".history.json.partial")
         tmp.write_text(json.dumps(saved, indent=1))

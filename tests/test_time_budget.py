@@ -1,5 +1,6 @@
 """`time_budget`: a run on the wall clock (WallClockSchedule), on a fake clock that moves 10 s a step."""
 
+import contextlib
 import json
 import math
 
@@ -92,6 +93,45 @@ def test_a_resumed_phase_continues_its_clock(tmp_path, clock):
     assert int(model.optimizer.iterations) == 5  # the same 5 steps as an uninterrupted run
     rates = steps[0].rates + steps[1].rates
     assert rates == pytest.approx([1e-2 * 0.5 * (1 + math.cos(math.pi * t / 55)) for t in (0, 10, 20, 30, 40)])
+
+
+def test_a_phase_started_afresh_after_a_damaged_backup_restarts_its_clock(tmp_path, clock):
+    steps = []
+    for attempt in range(2):  # 4 epochs (80 s), interrupted, its backups damaged; rerun from scratch on 55 s
+        step = _Step(clock)
+        steps.append(step)
+        clock.now = 1000.0 * attempt
+        model = _model()
+        extra = [step] + ([_InterruptAtEpoch(3)] if attempt == 0 else [])
+        if attempt == 1:
+            backup = tmp_path / "backup" / "p"
+            (backup / "latest.weights.h5").write_bytes(b"cut")
+            (backup / "latest.weights.h5.bkp").unlink()
+        try:
+            with contextlib.ExitStack() as stack:
+                if attempt == 1:
+                    stack.enter_context(pytest.warns(UserWarning, match="starts afresh"))
+                history = train_phase(model, _data(), None, tmp_path, "p", 10, 1e-2, lr_schedule="cosine",
+                                      verbose=0, time_allowance=(1e6, 55.0)[attempt], callbacks=extra,
+                                      tensorboard=False)
+        except KeyboardInterrupt:
+            assert attempt == 0
+    # the rerun is an uninterrupted run: the whole 55 s, its rates, and only its own epochs in the history
+    assert len(steps[0].rates) == 8 and int(model.optimizer.iterations) == 5
+    assert steps[1].rates == pytest.approx([1e-2 * 0.5 * (1 + math.cos(math.pi * t / 55)) for t in (0, 10, 20, 30, 40)])
+    assert len(history["loss"]) == 3
+    saved = json.loads((tmp_path / "history.json").read_text())["p"]
+    assert saved["phase_minutes"] == pytest.approx([20 / 60, 40 / 60, 50 / 60])
+
+
+class _InterruptAtEpoch(keras.callbacks.Callback):
+    def __init__(self, last):
+        super().__init__()
+        self.last = last
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.last:
+            raise KeyboardInterrupt
 
 
 class _Validation(keras.callbacks.Callback):
