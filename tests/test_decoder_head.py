@@ -157,3 +157,26 @@ def test_decoder_errors():
         head(tf.zeros([1, 3, 3, 6]), region=tf.ones([1, 3, 3], tf.bool))
     with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="larger than upsample"):
         head(tf.zeros([1, 3, 3, 6]), region=tf.ones([1, 3, 3], tf.bool), low_level=tf.zeros([1, 13, 12, 5]))
+
+
+def test_lite_decoder_heads_with_a_halo_stay_region_exact():
+    tf.keras.utils.set_random_seed(1)
+    model = build_model("efficientnet_lite0", num_classes=4, rho=0.9, ignore_class=4, head="decoder",
+                        dense_threshold=None, halo=1)
+    images = np.random.default_rng(2).integers(0, 256, size=(2, 128, 144, 3)).astype(np.uint8)  # an 8×9 grid
+    conf = tf.nn.space_to_depth(model(images, rho=1.0)["stage1"].numpy().max(-1, keepdims=True), 4).numpy().min(-1)
+    rho = float(np.quantile(conf, 0.8))  # ~20% of the cells decided at stage 1
+    a, b = model.forward_details(images, rho=rho, path="region"), model.forward_details(images, rho=rho, path="dense")
+    r2, r3 = a["regions"][1].numpy(), a["regions"][2].numpy()
+    grown = tf.nn.max_pool2d(r2[..., None].astype(np.float32), 3, 1, "SAME").numpy()[..., 0] > 0
+    assert 0.0 < r2.mean() < grown.mean() <= 1.0  # the halo adds cells that stage 2 computes but does not decide
+    np.testing.assert_allclose(a["probs"], b["probs"], atol=1e-5)
+    np.testing.assert_array_equal(a["stage"], b["stage"])
+    for x, y in zip(a["probs_per_stage"], b["probs_per_stage"]):
+        np.testing.assert_allclose(x, y, atol=1e-5)
+    assert not np.any(r3 & ~r2)  # a halo cell is context only: never forwarded
+    model.compile(optimizer=keras.optimizers.Adam(1e-4))
+    labels = np.random.default_rng(3).integers(0, 5, size=images.shape[:3]).astype(np.int32)
+    model.training_mode = "cascade"
+    logs = model.train_on_batch(images, labels, return_dict=True)
+    assert np.isfinite(logs["loss"]) and logs["stage3_loss"] > 0
