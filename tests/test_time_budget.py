@@ -35,8 +35,15 @@ class _Step(keras.callbacks.Callback):
 
 
 class _InterruptAfterEpoch(keras.callbacks.Callback):
+    """Interrupts the run at the end of epoch `last` (None: the first epoch that ends)."""
+
+    def __init__(self, last=None):
+        super().__init__()
+        self.last = last
+
     def on_epoch_end(self, epoch, logs=None):
-        raise KeyboardInterrupt
+        if self.last is None or epoch == self.last:
+            raise KeyboardInterrupt
 
 
 def _model():
@@ -102,7 +109,7 @@ def test_a_phase_started_afresh_after_a_damaged_backup_restarts_its_clock(tmp_pa
         steps.append(step)
         clock.now = 1000.0 * attempt
         model = _model()
-        extra = [step] + ([_InterruptAtEpoch(3)] if attempt == 0 else [])
+        extra = [step] + ([_InterruptAfterEpoch(3)] if attempt == 0 else [])
         if attempt == 1:
             backup = tmp_path / "backup" / "p"
             (backup / "latest.weights.h5").write_bytes(b"cut")
@@ -122,16 +129,6 @@ def test_a_phase_started_afresh_after_a_damaged_backup_restarts_its_clock(tmp_pa
     assert len(history["loss"]) == 3
     saved = json.loads((tmp_path / "history.json").read_text())["p"]
     assert saved["phase_minutes"] == pytest.approx([20 / 60, 40 / 60, 50 / 60])
-
-
-class _InterruptAtEpoch(keras.callbacks.Callback):
-    def __init__(self, last):
-        super().__init__()
-        self.last = last
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.last:
-            raise KeyboardInterrupt
 
 
 class _Validation(keras.callbacks.Callback):
