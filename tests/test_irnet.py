@@ -109,6 +109,7 @@ def test_bad_weights_files(tmp_path, small_irnet):
         build_model("irnet", num_classes=3, block_counts=(1, 2))
 
 
+@pytest.mark.slow  # a full-size network (the small IRNet tests above check the same equality)
 def test_full_irnet_512():
     model = build_model("irnet", num_classes=21, rho=1.0)
     x = np.random.default_rng(0).integers(0, 256, (1, 512, 512, 3)).astype(np.uint8)
@@ -166,6 +167,7 @@ def test_resnet101_builds_small():
     assert sum(len(b) for _, b in model.stages[1].groups) == 23
 
 
+@pytest.mark.slow  # full-size networks (test_resnet_shapes_and_cascade_equals_dense checks the same at 64×48)
 @pytest.mark.parametrize("backbone", ["resnet50", "resnet101"])
 def test_full_resnet_512(backbone):
     model = build_model(backbone, num_classes=21, rho=1.0)
