@@ -1,7 +1,7 @@
 """Inference speed of keras-hub's DeepLabV3+ next to our cascades, side by side in one run.
 
     pip install --no-deps keras-hub==0.32.0 regex tokenizers
-    python benchmarks/peer_keras_hub.py MODEL.keras[@RHO] ... [--images ../shared/data/camvid/val/images]
+    python benchmarks/peer_keras_hub.py MODEL.keras[@RHO[@SCALE]] ... [--images ../shared/data/camvid/val/images]
         [--height 360 --width 480] [--repeats 10] [--json out.json]
 
 The peer is the stock alternative a Keras user would pick: `DeepLabV3ImageSegmenter` on a
@@ -10,7 +10,10 @@ ResNet-18-like `ResNetBackbone` (64/128/256/512 filters, 2 basic blocks each), A
 downloaded, random weights: speed does not depend on them). Every model takes uint8 images
 and returns labels `[B, H, W]`, each in its own `tf.function`; all of them run once per round,
 one after another (`keras_lc.benchmark.median_seconds`). Each `MODEL@RHO` is timed at that ρ
-(default: the model's) and densely (the same weights, every stage on every pixel).
+(default: the model's) and densely (the same weights, every stage on every pixel). `MODEL@RHO@SCALE`
+runs the model on the images resized by SCALE (e.g. 1.5: thin classes gain), in one pass, with
+the probabilities resized back (`LayerCascade.predict_multiscale(scales=(SCALE,))`): the same
+uint8 images in and labels out as every other row.
 """
 
 import argparse
@@ -50,7 +53,7 @@ def peer_segmenter(num_classes=11):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("models", nargs="+", help="MODEL.keras or MODEL.keras@RHO")
+    p.add_argument("models", nargs="+", help="MODEL.keras, MODEL.keras@RHO or MODEL.keras@RHO@SCALE")
     p.add_argument("--images", default="../shared/data/camvid/val/images", help="a folder of PNG/JPEG frames")
     p.add_argument("--height", type=int, default=360)
     p.add_argument("--width", type=int, default=480)
@@ -89,22 +92,25 @@ def main(argv=None):
     params = {"keras-hub DeepLabV3+ (ResNet-18-like)": peer.count_params()}
     folded = contextlib.ExitStack()  # our models run with BN folded once, as their SavedModel exports do
     for spec in args.models:
-        path, _, rho = spec.partition("@")
+        path, _, rest = spec.partition("@")
+        rho, _, scale = rest.partition("@")
         model = keras.models.load_model(path)
         folded.enter_context(folded_batchnorm(model))
-        rho = float(rho) if rho else model.rho
-        name = os.path.basename(path)
+        rho, scale = (float(rho) if rho else model.rho), (float(scale) if scale else 1.0)
+        name = os.path.basename(path) + (f" at {scale:g}x" if scale != 1.0 else "")
 
-        def make(m, r, dense):
+        def make(m, r, dense, s):
             @tf.function
             def run(x):
+                if s != 1.0:  # ρ = 1 is the dense network (no region switch in the graph)
+                    return m.predict_multiscale(x, scales=(s,), rho=1.0 if dense else r)["labels"]
                 return m.forward_details(x, rho=r, dense=dense)["labels"]
 
             return run
 
         if f"{name} dense" not in pieces:  # the same file at several rho: one dense row
-            pieces[f"{name} dense"] = (make(model, 1.0, True), (images,))
-        pieces[f"{name} rho {rho:g}"] = (make(model, rho, False), (images,))
+            pieces[f"{name} dense"] = (make(model, 1.0, True, scale), (images,))
+        pieces[f"{name} rho {rho:g}"] = (make(model, rho, False, scale), (images,))
         params[f"{name} dense"] = params[f"{name} rho {rho:g}"] = model.count_params()
     with folded:
         seconds = median_seconds(pieces, args.repeats, warmup=2)
