@@ -121,7 +121,9 @@ def test_onnx_matches_tensorflow(model, tmp_path, inputs):
     path = export_onnx(model, tmp_path / "m.onnx", include_probs=True)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    for x in inputs.values():
+    assert model.pad_to and 30 % model.pad_to and 38 % model.pad_to  # padded inside the graph, then cropped back
+    odd = np.random.default_rng(4).integers(0, 256, (1, 30, 38, 3)).astype(np.uint8)
+    for x in (*inputs.values(), odd):
         for rho in (0.6, 1.0, 0.3):
             got = dict(zip(names, session.run(None, {"images": x, "rho": np.array(rho, np.float32)})))
             ref = model(x, rho=rho)
@@ -423,3 +425,12 @@ def test_lite_model_with_a_halo_exports(tmp_path):
     got = dict(zip(names, session.run(None, {"images": x, "rho": np.array(rho, np.float32)})))
     np.testing.assert_allclose(got["probs"], ref["probs"], atol=1e-4)
     np.testing.assert_array_equal(got["stage"], ref["stage"])
+    # CamVid's 360 rows are not a multiple of the grid's 16: a 72×104 frame is padded to 80×112 inside the graph
+    # (a 5×7 stage grid, odd: the dilation-phase layout pads too) and cropped back, in ONNX as in TensorFlow
+    # (TensorFlow's floor-mod of a negative size became ONNX's truncated mod once: negative pads, 64×96 labels).
+    x = np.random.default_rng(5).integers(0, 256, (1, 72, 104, 3)).astype(np.uint8)
+    for r in (rho, 1.0):
+        got = dict(zip(names, session.run(None, {"images": x, "rho": np.array(r, np.float32)})))
+        ref = lite(x, rho=r)
+        assert got["labels"].shape == (1, 72, 104)
+        np.testing.assert_allclose(got["probs"], ref["probs"], atol=1e-4)

@@ -274,20 +274,30 @@ class RegionIndex:
         return tf.reshape(patches, [-1, kh * kw * channels])
 
 
+def pad_up(size, multiple):
+    """How much to add to `size` (≥ 0; a Python int or an int tensor) to reach a multiple of `multiple`.
+
+    Written `(multiple - size % multiple) % multiple`, not `(-size) % multiple`: tf2onnx 1.17 converts an int32
+    floor-mod to `x - (x / y) * y` with ONNX's truncating `Div`, so `(-360) % 16` is -8 in the ONNX graph, not 8
+    (negative pads, which crop: 352-row labels for a 360-row frame). With non-negative operands the two agree.
+    """
+    return (multiple - size % multiple) % multiple
+
+
 def to_phases(x, dilation):
     """A map `[B, H, W, C]` -> its dilation-phase layout `[d_h·d_w·B, ⌈H/d_h⌉, ⌈W/d_w⌉, C]` (zero-padded at
     the bottom and right): a conv dilated by `dilation` on the map is the undilated conv on this layout
     with 'SAME' zero padding, provided the padding cells hold zeros. One SpaceToBatch copy."""
     dh, dw = dilation
     shape = tf.shape(x)
-    pads = [[0, (-shape[1]) % dh], [0, (-shape[2]) % dw]]
+    pads = [[0, pad_up(shape[1], dh)], [0, pad_up(shape[2], dw)]]
     return tf.space_to_batch(x, [dh, dw], pads)
 
 
 def from_phases(x, dilation, height, width):
     """The inverse of `to_phases`: `[d_h·d_w·B, ⌈H/d_h⌉, ⌈W/d_w⌉, C]` -> `[B, height, width, C]`."""
     dh, dw = dilation
-    crops = [[0, (-height) % dh], [0, (-width) % dw]]
+    crops = [[0, pad_up(height, dh)], [0, pad_up(width, dw)]]
     return tf.batch_to_space(x, [dh, dw], crops)
 
 
@@ -312,7 +322,7 @@ def grid_padding(height, width, pad_to):
     (`(0, 0)` when `pad_to` is None or 0). Python ints or int tensors alike."""
     if not pad_to:
         return 0, 0
-    return (-height) % pad_to, (-width) % pad_to
+    return pad_up(height, pad_to), pad_up(width, pad_to)
 
 
 def resize_nearest(x, height, width):
