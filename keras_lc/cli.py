@@ -232,7 +232,12 @@ def cmd_predict(args):
     from keras_lc.metrics import stage_share
     from keras_lc.viz import stage_panel, write_png
 
+    if args.flip and not args.scales:
+        raise SystemExit("keras-lc: --flip goes with --scales")
     if args.server:
+        if args.scales:
+            raise SystemExit("keras-lc: --scales runs the model here; with --server export it with --scales and "
+                             "ask its serving_multiscale signature")
         paths = ([args.model] if args.model else []) + list(args.images)  # no MODEL with --server
         if not paths:
             raise SystemExit("keras-lc: predict --server needs image files")
@@ -244,7 +249,10 @@ def cmd_predict(args):
     out.mkdir(parents=True, exist_ok=True)
     items = _images_and_truth(args, model)
     for name, image, truth in items:
-        result = model(image[None], training=False)
+        if args.scales:  # one cascade pass per scale (and mirror), fused; the stage map of the scale nearest 1
+            result = model.predict_multiscale(image[None], scales=args.scales, flip=args.flip, fusion=args.fusion)
+        else:
+            result = model(image[None], training=False)
         labels = result["labels"][0].numpy()
         stage = result["stage"][0].numpy()
         write_png(out / f"{name}.png", stage_panel(image, labels, stage, model.num_classes, truth))
@@ -609,6 +617,11 @@ def build_parser():
     p.add_argument("--num-images", type=int, default=8, help="synthetic scenes when no images are given")
     p.add_argument("--image-size", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scales", type=_scale, nargs="+", default=None,
+                   help="run at these input scales, fused (e.g. 1.5: one pass on the image upscaled 1.5x; "
+                        "1 1.5 2: three passes); labels stay at the image size")
+    p.add_argument("--flip", action="store_true", help="with --scales: also each scale mirrored")
+    p.add_argument("--fusion", default="mean", choices=["mean", "max"], help="how --scales are fused")
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("visualize", help="panels like the paper's Figs. 4/6: each stage's decisions")
     p.add_argument("model")

@@ -169,6 +169,24 @@ def test_cli_evaluate_and_bench_with_scales(small_model, tmp_path, capsys):
     assert result["scales"] == [0.5, 1.0] and result["flip"] and len(result["stage_share_per_scale"]) == 2
     main(["bench", str(path), "--height", "32", "--width", "32", "--scales", "0.5", "1", "--repeats", "1"])
     assert "scales [0.5, 1.0]" in capsys.readouterr().out
+    # predict at a larger input: the panels are predict_multiscale's labels and stage map, at the image's size
+    from keras_lc.viz import stage_panel
+
+    image = tf.cast(tf.random.stateless_uniform((30, 38, 3), (1, 2), 0, 256), tf.uint8).numpy()
+    tf.io.write_file(str(tmp_path / "frame.png"), tf.io.encode_png(image))
+    for flags, folder in (([], "plain"), (["--scales", "1.5"], "scaled")):
+        main(["predict", str(path), str(tmp_path / "frame.png"), "--out", str(tmp_path / folder), *flags])
+    panels = {f: tf.io.decode_png(tf.io.read_file(str(tmp_path / f / "frame.png"))).numpy()
+              for f in ("plain", "scaled")}
+    ref = small_model.predict_multiscale(image[None], scales=(1.5,))
+    want = stage_panel(image, ref["labels"][0].numpy(), ref["stage"][0].numpy(), small_model.num_classes)
+    np.testing.assert_array_equal(panels["scaled"], want)
+    assert panels["scaled"].shape == panels["plain"].shape and panels["plain"].shape[0] == 30
+    assert not np.array_equal(panels["scaled"], panels["plain"])
+    with pytest.raises(SystemExit, match="--flip goes with --scales"):
+        main(["predict", str(path), "--flip"])
+    with pytest.raises(SystemExit, match="serving_multiscale"):
+        main(["predict", "--server", "grpc://127.0.0.1:1", str(tmp_path / "frame.png"), "--scales", "1.5"])
     for bad in ("0", "-1", "nan", "x"):
         with pytest.raises(SystemExit):
             main(["evaluate", str(path), "--scales", bad])
