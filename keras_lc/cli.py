@@ -155,11 +155,20 @@ def _scale(text):
     return value
 
 
-def _add_test_time_args(p):
-    p.add_argument("--scales", type=_scale, nargs="+", default=None,
-                   help="multi-scale testing: e.g. 0.5 0.75 1 (each a full cascade pass, probabilities fused)")
+def _add_scale_args(p, scales_help):
+    """--scales, --flip, --fusion: `LayerCascade.predict_multiscale`'s arguments, one spelling for every command."""
+    p.add_argument("--scales", type=_scale, nargs="+", default=None, help=scales_help)
     p.add_argument("--flip", action="store_true", help="with --scales: also each scale mirrored")
     p.add_argument("--fusion", default="mean", choices=["mean", "max"], help="how --scales are fused")
+
+
+def _check_flip(args):
+    if args.flip and not args.scales:
+        raise SystemExit("keras-lc: --flip goes with --scales")
+
+
+def _add_test_time_args(p):
+    _add_scale_args(p, "multi-scale testing: e.g. 0.5 0.75 1 (each a full cascade pass, probabilities fused)")
     p.add_argument("--crf", nargs="?", const="auto", default=None, metavar="PARAMS",
                    help="dense CRF on the final probabilities (needs keras_lc[crf]); PARAMS: a JSON file, "
                         "'deeplab' (DeepLab-v2's values) or nothing (crf.json next to the model, else DeepLab-v2's)")
@@ -190,6 +199,7 @@ def cmd_tune_crf(args):
 def cmd_evaluate(args):
     from keras_lc.metrics import evaluate_cascade, format_report
 
+    _check_flip(args)
     model = _load(args.model, halo=args.halo, pad_to=args.pad_to)
     if args.num_classes != model.num_classes:
         args.num_classes = model.num_classes
@@ -232,8 +242,7 @@ def cmd_predict(args):
     from keras_lc.metrics import stage_share
     from keras_lc.viz import stage_panel, write_png
 
-    if args.flip and not args.scales:
-        raise SystemExit("keras-lc: --flip goes with --scales")
+    _check_flip(args)
     if args.server:
         if args.scales:
             raise SystemExit("keras-lc: --scales runs the model here; with --server export it with --scales and "
@@ -340,6 +349,7 @@ def cmd_bench(args):
 
     from keras_lc.benchmark import benchmark_cascade, format_benchmark
 
+    _check_flip(args)
     if args.save and not args.crossover:
         raise SystemExit("keras-lc: --save goes with --crossover")
     if args.save and not args.save.endswith(".keras"):
@@ -402,8 +412,7 @@ def cmd_export(args):
     if (args.scales or args.flip) and (args.triton or args.format == "onnx"):
         raise SystemExit("keras-lc: --scales/--flip add a SavedModel signature; they do not go with --triton or "
                          "--format onnx")
-    if args.flip and not args.scales:
-        raise SystemExit("keras-lc: --flip goes with --scales")
+    _check_flip(args)
     if args.triton or args.format != "onnx":
         version_folder(out, args.name, args.version, args.overwrite)  # a taken version fails before the model loads
     model = _load(args.model, args.rho)
@@ -617,11 +626,8 @@ def build_parser():
     p.add_argument("--num-images", type=int, default=8, help="synthetic scenes when no images are given")
     p.add_argument("--image-size", type=int, default=96)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scales", type=_scale, nargs="+", default=None,
-                   help="run at these input scales, fused (e.g. 1.5: one pass on the image upscaled 1.5x; "
-                        "1 1.5 2: three passes); labels stay at the image size")
-    p.add_argument("--flip", action="store_true", help="with --scales: also each scale mirrored")
-    p.add_argument("--fusion", default="mean", choices=["mean", "max"], help="how --scales are fused")
+    _add_scale_args(p, "run at these input scales, fused (e.g. 1.5: one pass on the image upscaled 1.5x; "
+                       "1 1.5 2: three passes); labels stay at the image size")
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("visualize", help="panels like the paper's Figs. 4/6: each stage's decisions")
     p.add_argument("model")
@@ -673,10 +679,7 @@ def build_parser():
                    help="--triton: refuse requests with more pixels (B*H*W) than this (default four full-HD "
                         "frames; 0: no cap)")
     p.add_argument("--rho", type=_rho, default=None, help="the default rho of the export (default: the model's)")
-    p.add_argument("--scales", type=_scale, nargs="+", default=None,
-                   help="SavedModel: add a serving_multiscale signature at these scales (e.g. 1 1.5 2)")
-    p.add_argument("--flip", action="store_true", help="with --scales: each scale also mirrored")
-    p.add_argument("--fusion", default="mean", choices=["mean", "max"], help="with --scales: how they are fused")
+    _add_scale_args(p, "SavedModel: add a serving_multiscale signature at these scales (e.g. 1 1.5 2)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", help="run the real Triton server on a model repository")

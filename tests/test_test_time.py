@@ -183,8 +183,9 @@ def test_cli_evaluate_and_bench_with_scales(small_model, tmp_path, capsys):
     np.testing.assert_array_equal(panels["scaled"], want)
     assert panels["scaled"].shape == panels["plain"].shape and panels["plain"].shape[0] == 30
     assert not np.array_equal(panels["scaled"], panels["plain"])
-    with pytest.raises(SystemExit, match="--flip goes with --scales"):
-        main(["predict", str(path), "--flip"])
+    for command in ("predict", "evaluate", "bench"):  # a mirror asked for without scales is refused, not ignored
+        with pytest.raises(SystemExit, match="--flip goes with --scales"):
+            main([command, str(path), "--flip"])
     with pytest.raises(SystemExit, match="serving_multiscale"):
         main(["predict", "--server", "grpc://127.0.0.1:1", str(tmp_path / "frame.png"), "--scales", "1.5"])
     for bad in ("0", "-1", "nan", "x"):
