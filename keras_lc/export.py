@@ -29,6 +29,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from keras_lc import kernels
 from keras_lc.layers.stage_head import check_rho_tensor
 from keras_lc.models.folding import folded_batchnorm
 
@@ -188,7 +189,9 @@ def write_savedmodel(model, path, include_probs=False, fns=None, multiscale=None
     fns = fns or serving_functions(model, include_probs)
     for fn_name, fn in fns.items():
         setattr(module, fn_name, fn)
-    with folded_batchnorm(model) as folded:  # traced here, the signatures read BN folded once, not per call
+    # traced here: the signatures read BN folded once, not per call, and hold TensorFlow ops only (no compiled
+    # keras_lc kernel, which TF Serving and Triton do not have)
+    with folded_batchnorm(model) as folded, kernels.portable():
         module.folded_weights = folded
         tf.saved_model.save(module, str(path), signatures=fns)
     info = {"num_classes": model.num_classes, "rho": model.rho, "ignore_class": model.ignore_class,
@@ -213,13 +216,14 @@ def export_onnx(model, path, include_probs=False, opset=17):
     threshold, model.dense_threshold = model.dense_threshold, None
     try:
         fn = serving_functions(model, include_probs)["serving_rho"]
-        tf2onnx.convert.from_function(
-            fn,
-            input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images"),
-                             tf.TensorSpec([], tf.float32, name="rho")],
-            opset=opset,
-            output_path=str(path),
-        )
+        with kernels.portable():  # TensorFlow ops only: onnxruntime has no compiled keras_lc kernel
+            tf2onnx.convert.from_function(
+                fn,
+                input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images"),
+                                 tf.TensorSpec([], tf.float32, name="rho")],
+                opset=opset,
+                output_path=str(path),
+            )
     finally:
         model.dense_threshold = threshold
     return path

@@ -5,10 +5,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_lc import kernels
 from keras_lc.benchmark import blob_region
 from keras_lc.layers import RegionIndex
 from keras_lc.layers.region_depthwise import RegionDepthwiseConv2D
 from keras_lc.models.efficientnet_lite import EfficientNetLiteStage, MBConvBlock, block_specs
+
+
+needs_kernels = pytest.mark.skipif(not kernels.available(), reason=f"no compiled kernel here: {kernels.unavailable_reason()}")
 
 
 def _randomise_bn(layer, seed):
@@ -32,7 +36,10 @@ def test_depthwise_full_region_equals_keras(kernel_size, dilation):
     np.testing.assert_allclose(y, ref(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["map", "taps"])
+METHODS = ["map", "taps", pytest.param("fused", marks=needs_kernels)]
+
+
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("kernel_size", [3, 5])
 @pytest.mark.parametrize("dilation", [1, 2, 3])
 @pytest.mark.parametrize("fraction", [0.05, 0.3, 0.7])
@@ -50,7 +57,7 @@ def test_depthwise_blob_region_equals_masked_dense(kernel_size, dilation, fracti
     np.testing.assert_allclose(layer(x, region=RegionIndex(region, dense=True)), want, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["map", "taps"])
+@pytest.mark.parametrize("method", METHODS)
 def test_depthwise_empty_region_and_batch_independence(method):
     x = tf.random.stateless_normal([2, 9, 9, 3], seed=[5, 6])
     layer = RegionDepthwiseConv2D(3, method=method)
@@ -63,8 +70,8 @@ def test_depthwise_empty_region_and_batch_independence(method):
         np.testing.assert_allclose(y[b], layer(x[b:b + 1], region[b:b + 1]).numpy()[0], atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["map", "taps"])
-@pytest.mark.parametrize("dilation", [2, 3])
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dilation", [1, 2, 3])
 def test_depthwise_gradients_match_masked_dense(method, dilation):
     x = tf.random.stateless_normal([2, 10, 13, 5], seed=[7, 8])  # 13: the phase layout pads a column
     region = blob_region((2, 10, 13), 0.4, seed=3)
@@ -89,11 +96,74 @@ def test_dilated_region_depthwise_writes_the_phase_layout_directly():
     """The map path of a dilated kernel has no SpaceToBatch / BatchToSpace copies (RegionIndex.scatter_phases)."""
     x = tf.random.stateless_normal([2, 9, 11, 4], seed=[1, 1])
     region = tf.constant(blob_region((2, 9, 11), 0.3, seed=2))
-    layer = RegionDepthwiseConv2D(5, 2)
+    layer = RegionDepthwiseConv2D(5, 2, method="map")
     layer.build(x.shape)
     graph = tf.function(lambda x: layer(x, region)).get_concrete_function(x).graph
     ops = {n.op for n in graph.as_graph_def().node}
     assert "DepthwiseConv2dNative" in ops and not ops & {"SpaceToBatchND", "BatchToSpaceND"}
+
+
+def _graph_ops(layer, x, region):
+    return {n.op for n in tf.function(lambda x: layer(x, region)).get_concrete_function(x).graph.as_graph_def().node}
+
+
+@needs_kernels
+def test_auto_runs_the_compiled_kernel_and_portable_traces_tensorflow_ops():
+    x = tf.random.stateless_normal([1, 9, 11, 4], seed=[1, 2])
+    region = tf.constant(blob_region((1, 9, 11), 0.3, seed=2))
+    layer = RegionDepthwiseConv2D(5, 2)  # method "auto"
+    layer.build(x.shape)
+    assert layer.resolved_method() == "fused"
+    assert "KerasLcRegionDepthwiseTaps" in _graph_ops(layer, x, region)
+    with kernels.portable():
+        assert layer.resolved_method() == "map"
+        ops = _graph_ops(layer, x, region)
+    assert "DepthwiseConv2dNative" in ops and not any(op.startswith("KerasLc") for op in ops)
+    assert layer.resolved_method(tf.float16) == "map"  # "auto" takes the op for float32 only
+
+
+@needs_kernels
+def test_compiled_kernel_rejects_a_tap_outside_the_rows():
+    values = tf.ones([4, 3])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="tap index 9 outside"):
+        kernels.region_depthwise_taps(values, tf.constant([[0, 9]] * 4, tf.int32), tf.ones([2, 3]))
+
+
+def test_without_a_compiler_auto_falls_back_to_tensorflow_ops(tmp_path):
+    """No compiler (CXX=false, an empty cache): one warning naming the failure, "auto" computes by the map with the
+    same numbers, and an explicit "fused" says what is missing."""
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import warnings
+import numpy as np, tensorflow as tf
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    from keras_lc import kernels
+    from keras_lc.benchmark import blob_region
+    from keras_lc.layers.region_depthwise import RegionDepthwiseConv2D
+    assert not kernels.available()
+print("WARN", [str(w.message) for w in caught])
+x = tf.random.stateless_normal([1, 9, 11, 4], seed=[1, 2])
+region = blob_region((1, 9, 11), 0.3, seed=2)
+layer = RegionDepthwiseConv2D(3)
+y = layer(x, region)
+mask = region[..., None].astype(np.float32)
+want = tf.nn.depthwise_conv2d(x * mask, layer.kernel, [1, 1, 1, 1], "SAME") * mask
+print("MAP", layer.resolved_method(), float(np.abs(y - want).max()) < 1e-5)
+try:
+    RegionDepthwiseConv2D(3, method="fused")
+except RuntimeError as e:
+    print("FUSED", e)
+"""
+    env = dict(os.environ, CXX="false", KERAS_LC_CACHE=str(tmp_path), TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "compiled region depthwise kernel is not available" in out.stdout and "failed" in out.stdout
+    assert "MAP map True" in out.stdout
+    assert "FUSED RegionDepthwiseConv2D(method='fused'): the compiled kernel is not available" in out.stdout
 
 
 # ------------------------------------------------------------------ MBConv blocks and stages

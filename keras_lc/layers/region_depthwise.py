@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from keras_lc import kernels
 from keras_lc.layers.region_index import _pair, as_region_index
 
 
@@ -12,9 +13,14 @@ class RegionDepthwiseConv2D(keras.layers.Layer):
 
     Stride 1, 'same' zero padding, odd kernels, any dilation. The region's features are
     held compact (`[N, C]`, one row per region pixel); a neighbour outside the region (or the
-    image) reads as zero, the paper's region-conv semantics. Two ways compute the same numbers:
+    image) reads as zero, the paper's region-conv semantics. Three ways compute the same numbers:
 
-    - `method="map"` (default): the compact rows are written into a zero map (one gather through
+    - `method="fused"`: one compiled op (`keras_lc.kernels.region_depthwise_taps`) reads each
+      row's kh·kw neighbours from the compact rows through the region's neighbour table: the
+      cost follows the region's size and nothing is written to a map. Measured on the 2-core
+      CPU (docs/RESULTS.md, twenty-third session): stage 3 of the Lite0 flagship on a 30%
+      region costs 0.38× its dense self this way, 0.52× by the map.
+    - `method="map"`: the compact rows are written into a zero map (one gather through
       the inverse index), the dense depthwise kernel runs on it, and the region rows are read
       back (one gather). A dilated kernel runs undilated on the map's dilation-phase layout
       (`RegionIndex.scatter_phases`), written and read directly: TF's dilated depthwise conv
@@ -26,6 +32,10 @@ class RegionDepthwiseConv2D(keras.layers.Layer):
       times the tap's weights, the neighbour rows looked up through the region's inverse index
       (`RegionIndex.compact_neighbours`): no map of the 6×-expanded features is ever written,
       at the price of kh·kw gathers.
+    - `method="auto"` (default): "fused" where the compiled op is available (`keras_lc.kernels.
+      available()`: it compiles on first use) and the features are float32, else "map". Exports
+      trace inside `keras_lc.kernels.portable()`, where "auto" and "fused" take the map, so an
+      exported graph holds TensorFlow ops only.
 
     With an all-true region the output equals
     `keras.layers.DepthwiseConv2D(kernel_size, padding="same", dilation_rate=...)` with the
@@ -35,7 +45,7 @@ class RegionDepthwiseConv2D(keras.layers.Layer):
         kernel_size: int or pair of odd ints.
         dilation_rate: int or pair of ints. Defaults to 1.
         depthwise_initializer: initializer of the kernel.
-        method: "map" or "taps" (see above).
+        method: "auto", "fused", "map" or "taps" (see above).
         **kwargs: base `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -47,12 +57,15 @@ class RegionDepthwiseConv2D(keras.layers.Layer):
         input with the values outside the region taken as zero.
     """
 
-    METHODS = ("map", "taps")
+    METHODS = ("auto", "fused", "map", "taps")
 
-    def __init__(self, kernel_size, dilation_rate=1, depthwise_initializer="glorot_uniform", method="map", **kwargs):
+    def __init__(self, kernel_size, dilation_rate=1, depthwise_initializer="glorot_uniform", method="auto", **kwargs):
         super().__init__(**kwargs)
         if method not in self.METHODS:
             raise ValueError(f"method must be one of {self.METHODS}; got {method!r}.")
+        if method == "fused" and not kernels.available():
+            raise RuntimeError(f"RegionDepthwiseConv2D(method='fused'): the compiled kernel is not available "
+                               f"({kernels.unavailable_reason()}); method='auto' falls back to TensorFlow ops.")
         self.method = method
         self.kernel_size = _pair(kernel_size, "kernel_size")
         self.dilation_rate = _pair(dilation_rate, "dilation_rate")
@@ -96,12 +109,19 @@ class RegionDepthwiseConv2D(keras.layers.Layer):
             return finish(tf.nn.depthwise_conv2d(index.masked(values), kernel, [1, 1, 1, 1], "SAME"))
         if index.dense:
             return finish(self.apply_dense(index.masked(values), kernel=kernel))
-        if self.method == "map" and self.dilation_rate != (1, 1):  # the map in its dilation-phase layout
+        method = self.resolved_method(values.dtype)
+        if method == "fused":
+            taps = index.compact_neighbours(self.kernel_size, self.dilation_rate)  # [N, kh*kw], N = zero row
+            kernel = self.kernel if kernel is None else kernel
+            kernel = tf.reshape(tf.cast(kernel, tf.float32), [-1, tf.shape(values)[1]])  # [kh*kw, C]
+            out = kernels.region_depthwise_taps(tf.cast(values, tf.float32), taps, kernel)
+            return finish(tf.cast(out, values.dtype))
+        if method == "map" and self.dilation_rate != (1, 1):  # the map in its dilation-phase layout
             phases = index.scatter_phases(values, self.dilation_rate)
             kernel = tf.cast(self.kernel if kernel is None else kernel, values.dtype)
             y = finish(tf.nn.depthwise_conv2d(phases, kernel, [1, 1, 1, 1], "SAME"))
             return index.gather_phases(y, self.dilation_rate)
-        if self.method == "map":
+        if method == "map":
             return index.gather(finish(self.apply_dense(index.scatter(values), kernel=kernel)))
         taps = index.compact_neighbours(self.kernel_size, self.dilation_rate)  # [N, kh*kw], N = zero row
         zero = tf.zeros(tf.stack([1, tf.shape(values)[1]]), values.dtype)
@@ -115,6 +135,17 @@ class RegionDepthwiseConv2D(keras.layers.Layer):
             term = tf.gather(padded, taps[:, t]) * kernel[t]
             out = term if out is None else out + term
         return finish(out)
+
+    def resolved_method(self, dtype=tf.float32):
+        """The way the sparse path computes here, now: "fused", "map" or "taps" ("auto" resolved;
+        inside `keras_lc.kernels.portable()` "auto" and "fused" give "map")."""
+        if self.method in ("map", "taps"):
+            return self.method
+        if kernels.in_portable():
+            return "map"
+        if kernels.available() and (self.method == "fused" or tf.as_dtype(dtype) == tf.float32):
+            return "fused"
+        return "map"
 
     def call(self, inputs, region):
         index = as_region_index(region)
