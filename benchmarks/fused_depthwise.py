@@ -6,11 +6,16 @@
 Both ways give the same numbers (tests/test_efficientnet_lite.py); this times them side by side in one run,
 alternating (`keras_lc.benchmark.median_seconds`), on the same weights:
 
+0. The op alone on a blob region's rows (`--fractions` of the 1x stage grid, 23x30), against TF's dense
+   depthwise conv on the whole grid, for the flagship's two kernel shapes (672 channels 5x5, 1152 channels 3x3),
+   net of an empty call.
 1. Stages 2-3 with their heads on blob regions covering each fraction of the stage grid (`blob_region`, halo 0,
    as `keras-lc bench --crossover --halo 0`), by the map and by the compiled kernel, ÷ the plain dense stage.
 2. The whole model, batch 1, on `--frames` CamVid val frames (resized by `--scale`; random pixels without the data):
    the dense network, then the cascade at each ρ with every `RegionDepthwiseConv2D` on "map" and on "fused"
    (the model's own halo and dense_threshold). Images/s and ÷ dense.
+3. A cascade-phase training step (forward with `training=True` on the region path, the gradient of a sum of squared
+   logits), batch 8 of 256x256 crops of the frames, map vs fused.
 
 The method is read when a function is traced, so each piece is traced once with its method set.
 """
@@ -41,6 +46,7 @@ def main(argv=None):
     from keras_lc import kernels
     from keras_lc.benchmark import blob_region, median_seconds, stage_share
     from keras_lc.layers.region_depthwise import RegionDepthwiseConv2D
+    from keras_lc.layers.region_index import RegionIndex
     from keras_lc.models import folded_batchnorm
 
     if not kernels.available():
@@ -68,6 +74,22 @@ def main(argv=None):
     rho1 = tf.constant(1.0)
     halo = model.halo
     with folded_batchnorm(model):
+        # 0. the op alone
+        op_rows = []
+        for fraction in args.fractions:
+            region = tf.constant(blob_region((1, 23, 30), fraction))
+            pieces = {"empty": (tf.function(lambda t: t), (region,))}
+            for c, kk in ((672, 5), (1152, 3)):
+                taps = RegionIndex(region).compact_neighbours((kk, kk), (1, 1))
+                rows = tf.random.normal([int(taps.shape[0]), c])
+                weights = tf.random.normal([kk * kk, c])
+                grid = tf.random.normal([1, 23, 30, c])
+                pieces[c, "op"] = (tf.function(kernels.region_depthwise_taps), (rows, taps, weights))
+                pieces[c, "dense"] = (tf.function(lambda x, w: tf.nn.depthwise_conv2d(x, w, [1, 1, 1, 1], "SAME")),
+                                      (grid, tf.reshape(weights, [kk, kk, c, 1])))
+            s = median_seconds(pieces, 10 * args.repeats, warmup=5)
+            op_rows.append((fraction, {c: (s[c, "op"] - s["empty"], s[c, "dense"] - s["empty"]) for c in (672, 1152)}))
+
         # 1. stages on blob regions, halo 0
         model.halo = 0
         x = model.pad_images(model.preprocess(frames[0]))
@@ -106,10 +128,27 @@ def main(argv=None):
         s = median_seconds(pieces, args.repeats, warmup=1)
         shares = {rho: stage_share(np.concatenate([t[1].numpy() for t in pieces[rho, "map"][0](*frames)]))
                   for rho in args.rhos}
+
+    # 3. a cascade-phase training step (BN stays frozen in these models; no folding while training)
+    crops = tf.concat([f[:, :256, :256] for f in frames] * (8 // len(frames) + 1), axis=0)[:8]
+    variables = model.trainable_variables
+
+    def train_step(images):
+        with tf.GradientTape() as tape:
+            out = model.forward_details(images, training=True, path="region")
+            loss = tf.add_n([tf.reduce_mean(tf.square(t)) for t in out["logits"]])
+        return [tf.reduce_sum(g) for g in tape.gradient(loss, variables) if g is not None]
+
+    steps = {method: traced(train_step, (crops,), method) for method in ("map", "fused")}
+    t_step = median_seconds(steps, args.repeats, warmup=1)
     for layer in layers:
         layer.method = "auto"
     print(f"{os.path.basename(args.model)}: {len(frames)} frame(s) at {size[1]}x{size[0]}, stage grid "
           f"{tuple(f2.shape[1:3])}, halo {halo}, dense_threshold {model.dense_threshold}, median of {args.repeats}")
+    print("the op alone, ms net of an empty call: forwarded  672ch 5x5 op / dense  1152ch 3x3 op / dense")
+    for fraction, r in op_rows:
+        print(f"{'':42s}{fraction:9.0%}  {1e3 * r[672][0]:6.3f} / {1e3 * r[672][1]:6.3f}  "
+              f"{1e3 * r[1152][0]:9.3f} / {1e3 * r[1152][1]:6.3f}")
     print("region path / plain dense stage (halo 0)")
     print("forwarded  stage2 map  stage2 fused  stage3 map  stage3 fused")
     for fraction, r in stage_rows:
@@ -121,6 +160,8 @@ def main(argv=None):
         print(f"  rho {rho}: map {n / m:.2f} images/s ({s['dense'] / m:.2f}x dense), fused {n / fz:.2f} images/s "
               f"({s['dense'] / fz:.2f}x dense); decided at stage 1/2/3 "
               + " / ".join(f"{100 * v:.1f}%" for v in shares[rho]))
+    print(f"training step (cascade phase, batch 8, 256x256): map {1e3 * t_step['map']:.0f} ms, "
+          f"fused {1e3 * t_step['fused']:.0f} ms")
     return 0
 
 
