@@ -11,8 +11,8 @@ from keras_lc.layers import RegionIndex
 from keras_lc.layers.region_depthwise import RegionDepthwiseConv2D
 from keras_lc.models.efficientnet_lite import EfficientNetLiteStage, MBConvBlock, block_specs
 
-
-needs_kernels = pytest.mark.skipif(not kernels.available(), reason=f"no compiled kernel here: {kernels.unavailable_reason()}")
+needs_kernels = pytest.mark.skipif(not kernels.available(),
+                                   reason=f"no compiled kernel here: {kernels.unavailable_reason()}")
 
 
 def _randomise_bn(layer, seed):
