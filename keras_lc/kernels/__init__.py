@@ -11,8 +11,10 @@ compact rows without kh*kw separate gathers. It is compiled with the installed T
 first use (a few seconds, `g++`), into `$KERAS_LC_CACHE` (default `~/.cache/keras_lc`), once per
 TensorFlow version, source and CPU. Where that fails (no compiler, no headers) `available()` is False
 and the layers use TensorFlow ops, with one warning saying why; `KERAS_LC_KERNELS=off` turns the
-compiled kernels off. Exports trace under `portable()`, so a SavedModel or ONNX file never needs
-the compiled op (TF Serving, Triton and onnxruntime do not have it).
+compiled kernels off. The kernels are CPU-only and not XLA-compilable: "auto" leaves them out where a
+GPU is visible (`preferred()`); with `jit_compile=True` use `KERAS_LC_KERNELS=off`. Exports trace under
+`portable()`, so a SavedModel or ONNX file never needs the compiled op (TF Serving, Triton and onnxruntime do
+not have it).
 """
 
 import contextlib
@@ -95,6 +97,12 @@ def _module():
 def available():
     """True when the compiled kernels can run here (compiled, loaded and not turned off)."""
     return _module() is not None
+
+
+def preferred():
+    """True when "auto" should take the compiled kernels: available, and no GPU visible (the kernels are CPU-only;
+    on a GPU the TensorFlow ops run there instead)."""
+    return available() and not tf.config.list_logical_devices("GPU")
 
 
 def unavailable_reason():

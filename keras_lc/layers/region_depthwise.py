@@ -32,10 +32,10 @@ class RegionDepthwiseConv2D(keras.layers.Layer):
       times the tap's weights, the neighbour rows looked up through the region's inverse index
       (`RegionIndex.compact_neighbours`): no map of the 6×-expanded features is ever written,
       at the price of kh·kw gathers.
-    - `method="auto"` (default): "fused" where the compiled op is available (`keras_lc.kernels.
-      available()`: it compiles on first use) and the features are float32, else "map". Exports
-      trace inside `keras_lc.kernels.portable()`, where "auto" and "fused" take the map, so an
-      exported graph holds TensorFlow ops only.
+    - `method="auto"` (default): "fused" where the compiled op is available and no GPU is visible
+      (`keras_lc.kernels.preferred()`: it compiles on first use) and the features are float32, else
+      "map". Exports trace inside `keras_lc.kernels.portable()`, where "auto" and "fused" take the
+      map, so an exported graph holds TensorFlow ops only.
 
     With an all-true region the output equals
     `keras.layers.DepthwiseConv2D(kernel_size, padding="same", dilation_rate=...)` with the
@@ -143,7 +143,7 @@ class RegionDepthwiseConv2D(keras.layers.Layer):
             return self.method
         if kernels.in_portable():
             return "map"
-        if kernels.available() and (self.method == "fused" or tf.as_dtype(dtype) == tf.float32):
+        if self.method == "fused" or (kernels.preferred() and tf.as_dtype(dtype) == tf.float32):
             return "fused"
         return "map"
 
