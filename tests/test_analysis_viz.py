@@ -136,12 +136,16 @@ def test_ideal_speedup_and_crossover_of_hand_built_tables():
     from keras_lc.benchmark import ideal_speedup
 
     stages = {"stage1": 0.2, "stage2": 0.3, "stage3": 0.5}  # a dense pass of 1.0 s
-    assert ideal_speedup(1.0, stages, [0.0, 0.0, 1.0]) == pytest.approx(1.0)
-    assert ideal_speedup(1.0, stages, [1.0, 0.0, 0.0]) == pytest.approx(5.0)
-    assert ideal_speedup(1.0, stages, [0.5, 0.25, 0.25]) == pytest.approx(1 / (0.2 + 0.5 * 0.3 + 0.25 * 0.5))
+    assert ideal_speedup(stages, [0.0, 0.0, 1.0]) == pytest.approx(1.0)
+    assert ideal_speedup(stages, [1.0, 0.0, 0.0]) == pytest.approx(5.0)
+    assert ideal_speedup(stages, [0.5, 0.25, 0.25]) == pytest.approx(1 / (0.2 + 0.5 * 0.3 + 0.25 * 0.5))
     # with a halo the cells computed replace the shares reaching stages 2-3
-    assert ideal_speedup(1.0, stages, [0.5, 0.25, 0.25], computed=[0.8, 0.6]) == pytest.approx(
+    assert ideal_speedup(stages, [0.5, 0.25, 0.25], computed=[0.8, 0.6]) == pytest.approx(
         1 / (0.2 + 0.8 * 0.3 + 0.6 * 0.5))
+    # stage times that sum to more than a dense pass (each a separate call) give the same ratios: ρ = 1 is 1
+    slow = {k: 1.4 * v for k, v in stages.items()}
+    assert ideal_speedup(slow, [0.0, 0.0, 1.0]) == pytest.approx(1.0)
+    assert ideal_speedup(slow, [0.5, 0.25, 0.25]) == pytest.approx(ideal_speedup(stages, [0.5, 0.25, 0.25]))
     assert crossover_from_ratios([0.3, 0.5, 0.7, 1.0], [0.5, 0.8, 1.2, 1.5]) == pytest.approx(0.6)
     assert crossover_from_ratios([0.3, 0.5], [1.1, 1.3]) == 0.3  # never wins: the smallest fraction
     assert crossover_from_ratios([0.3, 1.0], [0.4, 0.9]) == 1.0  # always wins
