@@ -64,7 +64,7 @@ def _compile():
         os.close(fd)
         try:
             cmd = [os.environ.get("CXX", "g++"), *flags, str(SOURCE), "-o", tmp, *compile_flags, *link_flags]
-            done = subprocess.run(cmd, capture_output=True, text=True)
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
             if done.returncode != 0:
                 last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
                 raise RuntimeError(f"compiling {SOURCE.name} failed: {last}")
@@ -86,7 +86,7 @@ def _module():
             else:
                 try:
                     _state["module"] = _compile()
-                except (OSError, RuntimeError, tf.errors.OpError) as e:
+                except (OSError, RuntimeError, subprocess.SubprocessError, tf.errors.OpError) as e:
                     _state["error"] = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
                     warnings.warn(f"keras_lc: the compiled region depthwise kernel is not available "
                                   f"({_state['error']}); using TensorFlow ops (same numbers, slower).", stacklevel=3)
