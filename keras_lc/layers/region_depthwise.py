@@ -19,7 +19,7 @@ class RegionDepthwiseConv2D(keras.layers.Layer):
       row's kh·kw neighbours from the compact rows through the region's neighbour table: the
       cost follows the region's size and nothing is written to a map. Measured on the 2-core
       CPU (docs/RESULTS.md, twenty-third session): stage 3 of the Lite0 flagship on a 30%
-      region costs 0.38× its dense self this way, 0.52× by the map.
+      region costs 0.42× its dense self this way, 0.54× by the map.
     - `method="map"`: the compact rows are written into a zero map (one gather through
       the inverse index), the dense depthwise kernel runs on it, and the region rows are read
       back (one gather). A dilated kernel runs undilated on the map's dilation-phase layout
